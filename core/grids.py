@@ -1,0 +1,152 @@
+"""Time grids: where a solver evaluates the denoiser, from t_start (noise) down to t_end (data).
+
+Named grids are defined by noise level, so they mean the same thing on every path: "uniform" and
+"quadratic" are spaced in the path's own t, "logsnr" uniformly in lambda = log(alpha/sigma) (DPM-Solver's
+default), "karras" in sigma^(1/rho) with sigma = exp(-lambda) (EDM's rho = 7). lambda-based grids
+clip the noise range to [sigma_min, sigma_max] (default EDM's 0.002 and 80), always start exactly at
+t_start and always end exactly at t_end.
+
+``fit_grid`` fits a grid to a model for a step budget (see its docstring). Any user grid works too:
+a decreasing 1-D tensor of N + 1 times in [0, 1], or (N + 1, B) for per-sample grids.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Union
+
+import torch
+
+from .paths import LOGSNR_CLIP, Path
+
+Tensor = torch.Tensor
+GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+
+
+def _lambda_range(path: Path, t_start: float, t_end: float, sigma_min: float, sigma_max: float):
+    lam_start = float(path.logsnr(torch.tensor(t_start, dtype=torch.float64)))
+    lam_end = float(path.logsnr(torch.tensor(t_end, dtype=torch.float64)))
+    lo = max(lam_start, -math.log(sigma_max))   # noisy end
+    hi = min(lam_end, -math.log(sigma_min))     # clean end
+    if not lo < hi:
+        raise ValueError(f"empty noise range: lambda from {lam_start:.3g} to {lam_end:.3g} clipped to "
+                         f"sigma in [{sigma_min}, {sigma_max}]")
+    # a data end beyond the clip (sigma = 0 at t_end) gets its own final point
+    return lo, hi, hi < lam_end
+
+
+def make_grid(name: str, steps: int, path: Path, t_start: float = 1.0, t_end: float = 0.0, *,
+              rho: float = 7.0, sigma_min: float = 0.002, sigma_max: float = 80.0) -> Tensor:
+    """A decreasing float64 grid of ``steps + 1`` times from t_start to t_end."""
+    if name not in GRIDS:
+        raise ValueError(f"unknown grid {name!r}; valid: {list(GRIDS)} or a tensor of times")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not 0.0 <= t_end < t_start <= 1.0:
+        raise ValueError(f"need 0 <= t_end < t_start <= 1, got t_start={t_start}, t_end={t_end}")
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if name == "uniform":
+        return t_start + (t_end - t_start) * u
+    if name == "quadratic":
+        return t_end + (t_start - t_end) * (1.0 - u) ** 2
+    lo, hi, extra_end = _lambda_range(path, t_start, t_end, sigma_min, sigma_max)
+    n = steps if extra_end else steps + 1
+    if steps == 1 and extra_end:
+        return torch.tensor([t_start, t_end], dtype=torch.float64)
+    v = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
+    if name == "logsnr":
+        lam = lo + (hi - lo) * v
+    else:  # karras: uniform in sigma^(1/rho), sigma = exp(-lambda)
+        s_hi, s_lo = math.exp(-lo / rho), math.exp(-hi / rho)
+        lam = -rho * torch.log(s_hi + (s_lo - s_hi) * v)
+    t = path.t_from_logsnr(lam.clamp(-LOGSNR_CLIP, LOGSNR_CLIP)).to(torch.float64)
+    if extra_end:
+        t = torch.cat([t, torch.tensor([t_end], dtype=torch.float64)])
+    t[0], t[-1] = t_start, t_end
+    return t
+
+
+def check_grid(grid: Tensor, batch: int) -> Tensor:
+    """Validate a user grid: (N + 1,) or (N + 1, batch), strictly decreasing, inside [0, 1]."""
+    g = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    if g.dim() not in (1, 2) or g.shape[0] < 2 or (g.dim() == 2 and g.shape[1] != batch):
+        raise ValueError(f"a grid must have shape (N+1,) or (N+1, {batch}) with N >= 1, got {tuple(g.shape)}")
+    if not torch.isfinite(g).all() or (g < 0).any() or (g > 1).any():
+        raise ValueError("grid times must be finite and inside [0, 1]")
+    if not (g[1:] < g[:-1]).all():
+        raise ValueError("grid times must be strictly decreasing (from noise at t=1 towards data at t=0)")
+    return g
+
+
+def resolve_grid(grid: Union[str, Tensor], steps: Optional[int], path: Path, batch: int,
+                 t_start: float = 1.0, t_end: float = 0.0, **grid_options: Any) -> Tensor:
+    """A named grid or a user tensor, as a float64 CPU tensor of shape (N + 1, 1) or (N + 1, B)."""
+    if isinstance(grid, str):
+        if steps is None:
+            raise ValueError("steps is required with a named grid")
+        g = make_grid(grid, steps, path, t_start, t_end, **grid_options)
+    else:
+        g = check_grid(grid, batch)
+        if steps is not None and g.shape[0] != steps + 1:
+            raise ValueError(f"grid has {g.shape[0] - 1} steps but steps={steps}")
+    return g if g.dim() == 2 else g[:, None]
+
+
+def fit_grid(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Path, solver: str, steps: int,
+             init: str = "logsnr", reference_steps: int = 200, reference_solver: str = "dpmpp_3m",
+             max_evals: int = 400, cond: Optional[dict] = None, **solver_options: Any) -> Tensor:
+    """Fit a ``steps``-step grid for ``solver`` to a model (in the spirit of Align Your Steps).
+
+    Sabour et al. ("Align Your Steps", ICML 2024) and Tong et al. ("Learning to Discretize Denoising
+    Diffusion ODEs", ICLR 2025) optimise the time steps of a fixed solver for a given model. We
+    minimise the mean squared distance between the few-step solution and an accurate reference
+    solution of the probability-flow ODE from the same noise (the global error the grid controls),
+    over the interior grid points parameterised by their log-SNR gaps (softmax, so the grid stays
+    ordered). Powell's derivative-free method makes it work with any solver, including ones that
+    are not differentiable. ``noise`` is a batch of standard-normal starts (a few hundred is plenty).
+    """
+    import scipy.optimize
+
+    from .solvers import sample  # solvers import grids; import here to avoid a cycle
+
+    cond = cond or {}
+    with torch.no_grad():
+        target = sample(denoiser, noise, path=path, solver=reference_solver, steps=reference_steps,
+                        grid="logsnr", cond=cond)
+    base = make_grid(init, steps, path)
+    lam = path.logsnr(base).clamp(-LOGSNR_CLIP, LOGSNR_CLIP)
+    _, hi, extra_end = _lambda_range(path, 1.0, 0.0, 0.002, 80.0)
+    # free points: interior of the grid, excluding the appended data end
+    lam_lo, lam_hi = float(lam[0]), float(hi if extra_end else lam[-1])
+    n_gaps = (steps - 1 if extra_end else steps)
+    if n_gaps < 2:
+        return base
+    lam_interior = lam[: n_gaps + 1].clone()
+    lam_interior[-1] = lam_hi
+    gaps = torch.diff(lam_interior).clamp_min(1e-6)
+    theta0 = torch.log(gaps / gaps.sum()).numpy()
+
+    def grid_from(theta) -> Tensor:
+        w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)
+        lam_pts = lam_lo + (lam_hi - lam_lo) * torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w, 0)])
+        t = path.t_from_logsnr(lam_pts).to(torch.float64)
+        if extra_end:
+            t = torch.cat([t, torch.tensor([0.0], dtype=torch.float64)])
+        t[0], t[-1] = 1.0, 0.0
+        return t
+
+    def loss(theta) -> float:
+        g = grid_from(theta)
+        if not (g[1:] < g[:-1]).all():
+            return 1e6
+        with torch.no_grad():
+            out = sample(denoiser, noise, path=path, solver=solver, grid=g, cond=cond, **solver_options)
+        err = ((out - target) ** 2).flatten(1).sum(1).mean()
+        return float(err) if torch.isfinite(err) else 1e6
+
+    res = scipy.optimize.minimize(loss, theta0, method="Powell",
+                                  options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-6})
+    best = res.x if res.fun <= loss(theta0) else theta0
+    return grid_from(best)
+
+
+__all__ = ["GRIDS", "make_grid", "check_grid", "resolve_grid", "fit_grid"]

@@ -1,0 +1,409 @@
+"""Gaussian noise paths x_t = alpha(t) * x0 + sigma(t) * eps, with t = 0 data and t = 1 noise.
+
+Every path exposes alpha, sigma, their time derivatives, the log-SNR lambda(t) = log(alpha/sigma)
+and its inverse, so that every solver is written once for all paths: exponential integrators use
+lambda, Euler/Heun use the probability-flow drift, stochastic samplers use the SDE coefficients.
+
+Paths are stateless and accept tensors of any shape, dtype and device (solvers evaluate them in
+float64 on the host). Closed forms are used wherever they exist.
+
+References: Song et al., "Score-Based Generative Modeling through SDEs" (ICLR 2021) for VP, sub-VP
+and VE; Nichol & Dhariwal, "Improved DDPM" (ICML 2021) for the cosine schedule; Karras et al.,
+"Elucidating the Design Space of Diffusion-Based Generative Models" (NeurIPS 2022) for EDM;
+Liu et al. / Lipman et al. (ICLR 2023) for rectified flow / conditional OT; Lin et al., "Common
+Diffusion Noise Schedules and Sample Steps are Flawed" (WACV 2024) for zero terminal SNR; Esser et
+al., "Scaling Rectified Flow Transformers" (ICML 2024) for the resolution shift.
+"""
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+
+Tensor = torch.Tensor
+TimeLike = Union[Tensor, float]
+
+#: log-SNR values are clipped to this range wherever a finite number is needed (grids, coefficients).
+LOGSNR_CLIP = 40.0
+
+
+def _as_tensor(t: TimeLike) -> Tensor:
+    if isinstance(t, Tensor):
+        return t if t.is_floating_point() else t.double()
+    return torch.as_tensor(t, dtype=torch.float64)
+
+
+class Path:
+    """Base class of Gaussian paths on t in [0, 1].
+
+    Subclasses implement ``alpha``, ``sigma``, ``d_alpha``, ``d_sigma`` and may override
+    ``logsnr`` / ``t_from_logsnr`` with closed forms (the defaults are generic).
+    """
+
+    #: True when alpha**2 + sigma**2 == 1 (VP family); used by transforms that need it.
+    variance_preserving: bool = False
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        raise NotImplementedError
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        raise NotImplementedError
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        raise NotImplementedError
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        raise NotImplementedError
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        """lambda(t) = log(alpha / sigma); +inf where sigma = 0, -inf where alpha = 0."""
+        t = _as_tensor(t)
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return self.d_alpha(t) / self.alpha(t) - self.d_sigma(t) / self.sigma(t)
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        """Inverse of ``logsnr`` (generic: bisection in float64, lambda is decreasing in t)."""
+        lam = _as_tensor(lam).double()
+        lo = torch.zeros_like(lam)
+        hi = torch.ones_like(lam)
+        for _ in range(80):
+            mid = 0.5 * (lo + hi)
+            go_right = self.logsnr(mid) > lam
+            lo = torch.where(go_right, mid, lo)
+            hi = torch.where(go_right, hi, mid)
+        return 0.5 * (lo + hi)
+
+    def sigma_ve(self, t: TimeLike) -> Tensor:
+        """sigma/alpha = exp(-lambda): the noise level of the scaled state x/alpha (EDM's sigma)."""
+        t = _as_tensor(t)
+        return self.sigma(t) / self.alpha(t)
+
+    def t_from_sigma_ve(self, s: TimeLike) -> Tensor:
+        return self.t_from_logsnr(-torch.log(_as_tensor(s)))
+
+    def sde(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """Forward SDE dx = f(t) x dt + g(t) dW with these marginals: returns (f, g**2).
+
+        f = alpha'/alpha and g^2 = 2 sigma sigma' - 2 f sigma^2 = -2 sigma^2 lambda'.
+        """
+        t = _as_tensor(t)
+        a, s = self.alpha(t), self.sigma(t)
+        f = self.d_alpha(t) / a
+        g2 = 2.0 * s * self.d_sigma(t) - 2.0 * f * s * s
+        return f, g2
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+class VP(Path):
+    """Variance-preserving path (DDPM / score-SDE VP): alpha^2 + sigma^2 = 1.
+
+    ``schedule="linear"``: beta(t) = beta_min + t (beta_max - beta_min), the continuous limit of
+    DDPM's linear betas (beta_min=0.1, beta_max=20 match 1000 steps of 1e-4..2e-2).
+    ``schedule="cosine"``: alpha^2 = f(t)/f(0), f(t) = cos^2((t+s)/(1+s) * pi/2) (Improved DDPM);
+    alpha(1) = 0 exactly, so the path reaches pure noise (zero terminal SNR).
+    """
+
+    variance_preserving = True
+
+    def __init__(self, schedule: str = "linear", beta_min: float = 0.1, beta_max: float = 20.0,
+                 cosine_s: float = 0.008) -> None:
+        if schedule not in ("linear", "cosine"):
+            raise ValueError(f"unknown VP schedule {schedule!r}; valid: 'linear', 'cosine'")
+        if schedule == "linear" and not (0 < beta_min < beta_max):
+            raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        self.schedule = schedule
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+        self.cosine_s = float(cosine_s)
+
+    # log alpha and its derivative
+    def _log_alpha(self, t: Tensor) -> Tensor:
+        if self.schedule == "linear":
+            return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+        s = self.cosine_s
+        ang = (t + s) / (1 + s) * (math.pi / 2)
+        return torch.log(torch.cos(ang).clamp_min(0.0)) - math.log(math.cos(s / (1 + s) * math.pi / 2))
+
+    def _d_log_alpha(self, t: Tensor) -> Tensor:
+        if self.schedule == "linear":
+            return -0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min
+        s = self.cosine_s
+        ang = (t + s) / (1 + s) * (math.pi / 2)
+        return -torch.tan(ang) * (math.pi / 2) / (1 + s)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return torch.exp(self._log_alpha(_as_tensor(t)))
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        # sqrt(1 - alpha^2) = sqrt(-expm1(2 log alpha)), accurate near t = 0
+        return torch.sqrt((-torch.expm1(2.0 * self._log_alpha(t))).clamp_min(0.0))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return self.alpha(t) * self._d_log_alpha(t)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        a = self.alpha(t)
+        return -a * self.d_alpha(t) / self.sigma(t)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        la = self._log_alpha(t)
+        return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        # lambda = la - 0.5 log(1 - e^{2 la}) => lambda' = la' / (1 - alpha^2) = la' / sigma^2
+        return self._d_log_alpha(t) / self.sigma(t) ** 2
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lam = _as_tensor(lam)
+        log_alpha = 0.5 * torch.nn.functional.logsigmoid(2.0 * lam)  # alpha^2 = sigmoid(2 lambda)
+        if self.schedule == "linear":
+            # 0.25 d t^2 + 0.5 b t + log_alpha = 0
+            d = self.beta_max - self.beta_min
+            b = self.beta_min
+            disc = (0.25 * b * b - d * log_alpha).clamp_min(0.0)
+            t = (-0.5 * b + torch.sqrt(disc)) / (0.5 * d)
+        else:
+            s = self.cosine_s
+            c0 = math.cos(s / (1 + s) * math.pi / 2)
+            t = torch.acos((torch.exp(log_alpha) * c0).clamp(-1.0, 1.0)) * (2 * (1 + s) / math.pi) - s
+        return t.clamp(0.0, 1.0)
+
+
+class SubVP(Path):
+    """Sub-VP path (Song et al. 2021): alpha as VP-linear, sigma = 1 - alpha^2."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        self._vp = VP("linear", beta_min, beta_max)
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return self._vp.alpha(t)
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return -torch.expm1(2.0 * self._vp._log_alpha(t))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return self._vp.d_alpha(t)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return -2.0 * self.alpha(t) * self.d_alpha(t)
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lam = _as_tensor(lam)
+        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^{-lam} + sqrt(e^{-2 lam} + 4))
+        em = torch.exp(-lam)
+        alpha = 2.0 / (em + torch.sqrt(em * em + 4.0))
+        return self._vp.t_from_logsnr(torch.log(alpha) - 0.5 * torch.log1p(-alpha * alpha))
+
+
+class VE(Path):
+    """Variance-exploding path: alpha = 1, sigma = sigma_min (sigma_max / sigma_min)^t.
+
+    t = 0 carries sigma_min of noise (the usual VE convention); choose sigma_min small.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
+        if not (0 < sigma_min < sigma_max):
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return torch.ones_like(_as_tensor(t))
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return self.sigma_min * torch.exp(t * math.log(self.sigma_max / self.sigma_min))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return torch.zeros_like(_as_tensor(t))
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        return self.sigma(t) * math.log(self.sigma_max / self.sigma_min)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        return -torch.log(self.sigma(t))
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lam = _as_tensor(lam)
+        return ((-lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)).clamp(0.0, 1.0)
+
+
+class EDM(Path):
+    """EDM path (Karras et al. 2022): alpha = 1, sigma(t) = (s_min^(1/rho) + t (s_max^(1/rho) - s_min^(1/rho)))^rho.
+
+    A uniform grid in t on this path is exactly EDM's Karras discretisation.
+    """
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0) -> None:
+        if not (0 < sigma_min < sigma_max) or rho <= 0:
+            raise ValueError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.rho = float(rho)
+
+    def _ends(self) -> tuple[float, float]:
+        return self.sigma_min ** (1 / self.rho), self.sigma_max ** (1 / self.rho)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return torch.ones_like(_as_tensor(t))
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        lo, hi = self._ends()
+        return (lo + _as_tensor(t) * (hi - lo)) ** self.rho
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return torch.zeros_like(_as_tensor(t))
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        lo, hi = self._ends()
+        return self.rho * (lo + _as_tensor(t) * (hi - lo)) ** (self.rho - 1) * (hi - lo)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        return -torch.log(self.sigma(t))
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lo, hi = self._ends()
+        return ((torch.exp(-_as_tensor(lam) / self.rho) - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+class Flow(Path):
+    """Rectified flow / conditional OT path: alpha = 1 - t, sigma = t (noise exactly at t = 1)."""
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return 1.0 - _as_tensor(t)
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        return _as_tensor(t).clone()
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return torch.full_like(_as_tensor(t), -1.0)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        return torch.ones_like(_as_tensor(t))
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return -1.0 / (t * (1.0 - t))
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        return torch.sigmoid(-_as_tensor(lam))
+
+
+class Shifted(Path):
+    """Shift a path's log-SNR by -log(shift) at every t (resolution shift; shift > 1 = noisier).
+
+    Implemented as a time warp t -> t' = base.t_from_logsnr(base.logsnr(t) - log(shift)), so the
+    shifted path stays in the base path's family (for Flow it is exactly SD3's
+    t' = shift t / (1 + (shift - 1) t)).
+    """
+
+    def __init__(self, base: Path, shift: float) -> None:
+        if shift <= 0:
+            raise ValueError(f"shift must be > 0, got {shift}")
+        self.base = base
+        self.shift = float(shift)
+        self.variance_preserving = base.variance_preserving
+
+    def _warp(self, t: Tensor) -> Tensor:
+        return self.base.t_from_logsnr(self.base.logsnr(t) - math.log(self.shift))
+
+    def _dwarp(self, t: Tensor, tw: Tensor) -> Tensor:
+        return self.base.d_logsnr(t) / self.base.d_logsnr(tw)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return self.base.alpha(self._warp(_as_tensor(t)))
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        return self.base.sigma(self._warp(_as_tensor(t)))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        tw = self._warp(t)
+        return self.base.d_alpha(tw) * self._dwarp(t, tw)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        tw = self._warp(t)
+        return self.base.d_sigma(tw) * self._dwarp(t, tw)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        return self.base.logsnr(t) - math.log(self.shift)
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        return self.base.d_logsnr(t)
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        return self.base.t_from_logsnr(_as_tensor(lam) + math.log(self.shift))
+
+
+class ZeroTerminalSNR(Path):
+    """Rescale a variance-preserving path so that alpha(1) = 0 (Lin et al. 2024, Alg. 1).
+
+    alpha_new(t) = (alpha(t) - alpha(1)) * alpha(0) / (alpha(0) - alpha(1)), sigma_new = sqrt(1 - alpha_new^2).
+    Models on this path must not predict eps (it cannot give x0 at zero SNR): use v, x0 or velocity.
+    """
+
+    variance_preserving = True
+
+    def __init__(self, base: Path) -> None:
+        if not base.variance_preserving:
+            raise ValueError(f"ZeroTerminalSNR needs a variance-preserving path, got {base!r}")
+        self.base = base
+        a0 = float(base.alpha(0.0))
+        a1 = float(base.alpha(1.0))
+        if not a0 > a1:
+            raise ValueError("ZeroTerminalSNR needs alpha(0) > alpha(1)")
+        self._a1 = a1
+        self._scale = a0 / (a0 - a1)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return ((self.base.alpha(t) - self._a1) * self._scale).clamp_min(0.0)
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        a = self.alpha(t)
+        return torch.sqrt((1.0 - a * a).clamp_min(0.0))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return self.base.d_alpha(t) * self._scale
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        alpha_new = torch.sqrt(torch.sigmoid(2.0 * _as_tensor(lam)))
+        alpha_base = alpha_new / self._scale + self._a1
+        base_lam = torch.log(alpha_base) - 0.5 * torch.log1p(-alpha_base * alpha_base)
+        return self.base.t_from_logsnr(base_lam)
+
+
+_PATHS = {"vp": lambda: VP("linear"), "vp_linear": lambda: VP("linear"), "vp_cosine": lambda: VP("cosine"),
+          "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow}
+
+
+def get_path(name: Union[str, Path]) -> Path:
+    """A path by short name ('vp', 'vp_cosine', 'subvp', 've', 'edm', 'flow'), or the path itself."""
+    if isinstance(name, Path):
+        return name
+    try:
+        return _PATHS[name]()
+    except KeyError:
+        raise ValueError(f"unknown path {name!r}; valid: {sorted(_PATHS)}") from None
+
+
+__all__ = ["Path", "VP", "SubVP", "VE", "EDM", "Flow", "Shifted", "ZeroTerminalSNR", "get_path", "LOGSNR_CLIP"]

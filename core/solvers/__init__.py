@@ -1,0 +1,64 @@
+"""Sampling: ``sample(denoiser, noise, path=..., solver=..., steps=..., grid=...)`` and the solver registry.
+
+Every solver is a pure function of (denoiser, starting noise, path, time grid, options); see
+``solvers()`` for the list with each one's cost per step, order and options.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Union
+
+import torch
+
+from ..grids import resolve_grid
+from ..paths import Path, get_path
+from . import exponential, ode, stochastic  # noqa: F401  (registers the solvers)
+from .base import Context, SolverInfo, get_solver, register, solvers
+
+Tensor = torch.Tensor
+
+
+def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, str],
+           solver: str = "dpmpp_2m", steps: Optional[int] = 10, grid: Union[str, Tensor] = "logsnr",
+           t_start: float = 1.0, t_end: float = 0.0, x_init: Optional[Tensor] = None,
+           cond: Optional[Dict[str, Any]] = None, generator: Optional[torch.Generator] = None,
+           callback: Optional[Callable[[int, Any, Tensor, Tensor], Any]] = None,
+           check_finite: bool = True, grid_options: Optional[Dict[str, Any]] = None,
+           **options: Any) -> Tensor:
+    """Draw samples by integrating from noise (t_start) to data (t_end) with a named solver.
+
+    denoiser: any D(x, t, **cond) -> E[x0 | x_t = x], t of shape (B,) (wrap other networks in
+        ``Denoiser``). noise: standard normal of the output shape (B, ...); the start is
+        sigma(t_start) * noise, or ``x_init`` if given (e.g. to start part-way, SDEdit-style).
+    steps: solver steps; each solver spends ``solvers()[name].nfe(steps)`` evaluations.
+    grid: "uniform", "quadratic", "logsnr", "karras" or a decreasing tensor of times (N + 1,) or
+        (N + 1, B) for per-sample grids (then ``steps`` may be None).
+    generator: the only source of randomness of stochastic solvers.
+    callback: called as callback(i, t, x, x0_hat) after every step.
+    options: the solver's own options (``solvers()[name].options()``).
+    Returns the samples in the dtype and device of ``noise``.
+    """
+    info = get_solver(solver)
+    allowed = info.options()
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"solver {solver!r} has no option(s) {unknown}; its options: {allowed or 'none'}")
+    path = get_path(path)
+    if not isinstance(noise, Tensor) or noise.dim() < 1 or noise.shape[0] < 1:
+        raise ValueError("noise must be a tensor of shape (B, ...) with B >= 1")
+    if not noise.is_floating_point():
+        raise ValueError(f"noise must be floating point, got {noise.dtype}")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    g = resolve_grid(grid, steps, path, noise.shape[0], t_start, t_end, **(grid_options or {}))
+    ctx = Context(denoiser, path, g, noise, cond or {}, generator, callback, check_finite)
+    if x_init is not None:
+        if x_init.shape != noise.shape:
+            raise ValueError(f"x_init shape {tuple(x_init.shape)} differs from noise shape {tuple(noise.shape)}")
+        x = x_init.to(noise.dtype)
+    else:
+        x = noise * ctx.c(ctx.sigma[0])
+    x = info.fn(ctx, x, **options)
+    return ctx.finish(x)
+
+
+__all__ = ["sample", "solvers", "get_solver", "register", "Context", "SolverInfo"]
