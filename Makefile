@@ -1,0 +1,32 @@
+# polydiff: the two set-up commands of the README are `make bench` and `make test`.
+# Both build the virtual environment .venv on first use (Python >= 3.10, pip, PyPI access).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: bench bench-full test env clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "python3 is required (Debian: apt-get install -y python3 python3-venv)"; exit 1; }
+	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { echo "installing python3-venv"; (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,bench]"
+	@touch $(STAMP)
+
+env: $(STAMP)
+
+## main job: the solver benchmark's quick mode (table on stdout, plot and table under benchmarks/out/)
+bench: $(STAMP)
+	$(PY) benchmarks/solvers.py --quick
+
+bench-full: $(STAMP)
+	$(PY) benchmarks/solvers.py
+
+## the test suite
+test: $(STAMP)
+	$(PY) -m pytest -n 2 tests
+
+clean:
+	rm -rf $(VENV) benchmarks/out

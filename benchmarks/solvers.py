@@ -1,0 +1,294 @@
+"""Solver benchmark: every polydiff solver and the peers' samplers on exact Gaussian mixtures, in one run.
+
+Problems: the 8-component ring in 2-D and its 16-D version (``polydiff.core.analytic.ring_mixture``),
+whose exact denoiser is used by every library, so only the solvers differ. For each NFE in {5, 10, 20}:
+  * sliced W2 (100 fixed directions) between the samples and an exact reference set, next to the
+    floor: the mean sliced W2 between independent exact sets and the same reference;
+  * the mean exact log-density of the samples minus that of exact samples;
+  * wall time.
+Peers (the optional `bench` extra): diffusers schedulers, k-diffusion samplers, flow_matching's
+ODESolver (``benchmarks/peers.py``). polydiff's best configuration per cell is *chosen on a
+validation run* (other noise, other reference set) and reported on the test run, so the headline
+numbers carry no selection bias. Grids fitted with ``polydiff.core.fit_grid`` use a third noise set.
+Solver overhead: seconds per step with a trivial denoiser on a large batch, polydiff's dpmpp_2m next
+to diffusers' DPMSolverMultistepScheduler (order 2) in the same process.
+
+Usage: python benchmarks/solvers.py [--quick] [--out DIR] [--threads N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from polydiff.core import analytic, fit_grid, paths, sample, solvers  # noqa: E402
+from polydiff.core.metrics import sliced_wasserstein  # noqa: E402
+
+NFES = (5, 10, 20)
+FITTED = ("ipndm", "deis", "unipc", "dpmpp_3m")
+
+
+@dataclass
+class Row:
+    problem: str
+    library: str
+    config: str
+    nfe: int
+    sw2: float
+    logp_gap: float
+    seconds: float
+    split: str = "test"
+
+
+def steps_for(name: str, nfe: int) -> Optional[int]:
+    """The largest step count whose NFE does not exceed ``nfe``."""
+    info = solvers()[name]
+    best = None
+    for steps in range(1, nfe + 1):
+        if info.nfe(steps) <= nfe:
+            best = steps
+    return best
+
+
+class Problem:
+    """One mixture with its reference set, floor and evaluation helpers."""
+
+    def __init__(self, name: str, gmm: analytic.GaussianMixture, n: int, seed: int, n_floor: int) -> None:
+        self.name, self.gmm, self.n = name, gmm, n
+        g = torch.Generator().manual_seed(seed)
+        self.ref = gmm.sample(n, g)
+        self.logp_exact = float(gmm.log_prob(self.ref).mean())
+        self.floors = [self.sw(gmm.sample(n, g)) for _ in range(n_floor)]
+        self.floor = statistics.mean(self.floors)
+
+    def sw(self, x: torch.Tensor) -> float:
+        return float(sliced_wasserstein(x.double(), self.ref, 100, generator=torch.Generator().manual_seed(0)))
+
+    def score(self, x: torch.Tensor) -> Tuple[float, float]:
+        if not torch.isfinite(x).all():
+            return math.inf, -math.inf
+        return self.sw(x), float(self.gmm.log_prob(x.double()).mean()) - self.logp_exact
+
+    def posterior(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
+        return self.gmm.denoise(x, a, s), self.gmm.eps(x, a, s)
+
+
+def polydiff_configs(quick: bool) -> List[Tuple[str, str, str]]:
+    """(solver, path, grid) triples; 'fit' grids are fitted per problem and NFE."""
+    names = [n for n in solvers() if n != "rk45"]
+    out = []
+    for name in names:
+        for path in (("flow",) if quick else ("flow", "vp")):
+            for grid in (("logsnr",) if quick else ("logsnr", "karras")):
+                out.append((name, path, grid))
+    for name in (FITTED[:2] if quick else FITTED):
+        out.append((name, "flow", "fit"))
+    return out
+
+
+def run_polydiff(prob: Problem, noise: torch.Tensor, fit_noise: torch.Tensor, configs, nfe: int,
+                 split: str, fitted: Dict) -> List[Row]:
+    rows = []
+    for name, path_name, grid in configs:
+        steps = steps_for(name, nfe)
+        if steps is None:
+            continue
+        path = paths.get_path(path_name)
+        D = prob.gmm.denoiser(path)
+        if grid == "fit":
+            key = (name, path_name, steps)
+            if key not in fitted:
+                fitted[key] = fit_grid(D, fit_noise, path=path, solver=name, steps=steps)
+            g = fitted[key]
+        else:
+            g = grid
+        t0 = time.perf_counter()
+        try:
+            x = sample(D, noise, path=path, solver=name, steps=steps, grid=g,
+                       generator=torch.Generator().manual_seed(3))
+        except FloatingPointError:
+            x = torch.full_like(noise, math.nan)
+        dt = time.perf_counter() - t0
+        sw, gap = prob.score(x)
+        rows.append(Row(prob.name, "polydiff", f"{name} {path_name}/{grid} ({steps} steps)",
+                        solvers()[name].nfe(steps), sw, gap, dt, split))
+    return rows
+
+
+def run_reference(prob: Problem, noise: torch.Tensor) -> Row:
+    D = prob.gmm.denoiser(paths.Flow())
+    from polydiff.core import NFECounter
+    counter = NFECounter(D)
+    t0 = time.perf_counter()
+    x = sample(counter, noise, path=paths.Flow(), solver="rk45", steps=20, grid="uniform", rtol=1e-6, atol=1e-6)
+    dt = time.perf_counter() - t0
+    sw, gap = prob.score(x)
+    return Row(prob.name, "polydiff", "rk45 flow (rtol 1e-6, converged reference)", counter.nfe, sw, gap, dt)
+
+
+def run_peer_rows(prob: Problem, noise: torch.Tensor, nfe: int) -> List[Row]:
+    try:
+        import peers
+    except ImportError as e:  # pragma: no cover - depends on the optional extra
+        print(f"peers unavailable ({e}); install the `bench` extra", file=sys.stderr)
+        return []
+    out = []
+    for r in peers.run_peers(prob.posterior, noise.float(), nfe):
+        sw, gap = prob.score(r.samples)
+        out.append(Row(prob.name, r.library, r.sampler, r.nfe, sw, gap, r.seconds))
+    return out
+
+
+def overhead(batch: int, dim: int, steps: int, repeats: int) -> Dict[str, float]:
+    """Seconds per step with a trivial denoiser (zeros): polydiff dpmpp_2m vs diffusers, same process."""
+    def trivial(x, t):
+        return torch.zeros_like(x)
+    noise = torch.randn(batch, dim)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sample(trivial, noise, path=paths.VP(), solver="dpmpp_2m", steps=steps, grid="logsnr")
+        times.append((time.perf_counter() - t0) / steps)
+    res = {"polydiff_dpmpp_2m": statistics.median(times)}
+    try:
+        import peers
+        res["diffusers_dpmsolver_multistep"] = peers.diffusers_step_overhead(batch, dim, steps, repeats)
+        res["ratio"] = res["polydiff_dpmpp_2m"] / res["diffusers_dpmsolver_multistep"]
+    except ImportError:
+        pass
+    return res
+
+
+def best(rows: List[Row], library_filter, nfe: int, problem: str) -> Optional[Row]:
+    cands = [r for r in rows if library_filter(r.library) and r.nfe <= nfe and r.problem == problem
+             and math.isfinite(r.sw2)]
+    return min(cands, key=lambda r: r.sw2) if cands else None
+
+
+def plot(rows: List[Row], problems: List[Problem], path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(problems), figsize=(6.5 * len(problems), 4.8))
+    for ax, prob in zip(axes, problems):
+        for lib, style in (("polydiff", "-o"), ("diffusers", "--s"), ("k-diffusion", "--^"), ("flow_matching", "--d")):
+            xs, ys = [], []
+            for nfe in NFES:
+                b = best([r for r in rows if r.split == "test"], lambda l, lib=lib: l == lib, nfe, prob.name)
+                if b is not None:
+                    xs.append(nfe)
+                    ys.append(b.sw2)
+            if xs:
+                ax.plot(xs, ys, style, label=f"{lib} (best at each NFE)")
+        ax.axhline(prob.floor, color="k", lw=1, label="floor (exact vs exact)")
+        ax.axhline(1.25 * prob.floor, color="k", lw=0.7, ls=":", label="1.25 x floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(list(NFES))
+        ax.set_xticklabels([str(n) for n in NFES])
+        ax.set_xlabel("denoiser evaluations (NFE)")
+        ax.set_ylabel("sliced W2 to exact samples")
+        ax.set_title(f"{prob.name}: {prob.gmm.K}-component ring, n={prob.n}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer samples and configurations (about 2 minutes)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "out"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.makedirs(args.out, exist_ok=True)
+    n = 5000 if args.quick else 20000
+    started = time.time()
+    problems = [Problem("2-D", analytic.ring_mixture(2), n, 1, 3 if args.quick else 5),
+                Problem("16-D", analytic.ring_mixture(16), n, 1, 3 if args.quick else 5)]
+    configs = polydiff_configs(args.quick)
+    rows: List[Row] = []
+    for prob in problems:
+        d = prob.gmm.dim
+        noise = torch.randn(n, d, generator=torch.Generator().manual_seed(2))
+        val_noise = torch.randn(n, d, generator=torch.Generator().manual_seed(12))
+        fit_noise = torch.randn(1024, d, generator=torch.Generator().manual_seed(7))
+        val_prob = Problem(prob.name, prob.gmm, n, 101, 1)
+        fitted: Dict = {}
+        rows.append(run_reference(prob, noise))
+        for nfe in NFES:
+            print(f"[{time.time() - started:6.0f}s] {prob.name} NFE {nfe}", file=sys.stderr, flush=True)
+            rows += run_polydiff(prob, noise, fit_noise, configs, nfe, "test", fitted)
+            rows += run_polydiff(val_prob, val_noise, fit_noise, configs, nfe, "validation", fitted)
+            rows += run_peer_rows(prob, noise, nfe)
+    ovh = overhead(200_000, 16, 20, 3)
+    lines = report(rows, problems, ovh, args, time.time() - started)
+    text = "\n".join(lines)
+    print(text)
+    with open(os.path.join(args.out, "solvers.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(args.out, "solvers.json"), "w") as f:
+        json.dump({"rows": [asdict(r) for r in rows], "floors": {p.name: p.floors for p in problems},
+                   "overhead": ovh}, f, indent=1)
+    plot(rows, problems, os.path.join(args.out, "solvers.png"))
+    print(f"\nwrote {args.out}/solvers.md, solvers.json, solvers.png")
+    return 0
+
+
+def report(rows: List[Row], problems: List[Problem], ovh: Dict[str, float], args, seconds: float) -> List[str]:
+    test = [r for r in rows if r.split == "test"]
+    L = [f"# Solver benchmark ({'quick' if args.quick else 'full'}), {time.strftime('%Y-%m-%d')}, "
+         f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {args.threads} threads, "
+         f"{seconds:.0f} s", ""]
+    L.append("## Headline (polydiff's best chosen on the validation run, reported on the test run)")
+    L.append("")
+    L.append("| problem | NFE | floor | polydiff best (config) | SW2 | x floor | best peer (config) | SW2 | polydiff / peer |")
+    L.append("|---|---|---|---|---|---|---|---|---|")
+    for prob in problems:
+        for nfe in NFES:
+            val = best([r for r in rows if r.split == "validation"], lambda l: l == "polydiff", nfe, prob.name)
+            chosen = next((r for r in test if r.problem == prob.name and val is not None and r.config == val.config), None)
+            peer = best(test, lambda l: l != "polydiff", nfe, prob.name)
+            if chosen is None:
+                continue
+            ratio = f"{chosen.sw2 / peer.sw2:.2f}" if peer else "n/a"
+            L.append(f"| {prob.name} | {nfe} | {prob.floor:.4f} | {chosen.config} | {chosen.sw2:.4f} | "
+                     f"{chosen.sw2 / prob.floor:.2f} | {peer.library + ' ' + peer.sampler if peer else 'n/a'} | "
+                     f"{peer.sw2 if peer else float('nan'):.4f} | {ratio} |")
+    L.append("")
+    L.append(f"Floors (mean of exact-vs-reference SW2 over independent exact sets): "
+             + "; ".join(f"{p.name}: {p.floor:.4f} (sets: {', '.join(f'{v:.4f}' for v in p.floors)})" for p in problems))
+    L.append("")
+    if "ratio" in ovh:
+        L.append(f"Solver overhead per step (trivial denoiser, batch 200000 x 16): polydiff dpmpp_2m "
+                 f"{1e3 * ovh['polydiff_dpmpp_2m']:.2f} ms, diffusers DPMSolverMultistep "
+                 f"{1e3 * ovh['diffusers_dpmsolver_multistep']:.2f} ms, ratio {ovh['ratio']:.2f}")
+    else:
+        L.append(f"Solver overhead per step: polydiff dpmpp_2m {1e3 * ovh['polydiff_dpmpp_2m']:.2f} ms (peers not installed)")
+    L.append("")
+    for prob in problems:
+        L.append(f"## {prob.name}: all configurations (test run), sorted by NFE then SW2")
+        L.append("")
+        L.append("| library | configuration | NFE | SW2 | x floor | E[log p] gap | seconds |")
+        L.append("|---|---|---|---|---|---|---|")
+        for r in sorted([r for r in test if r.problem == prob.name], key=lambda r: (r.nfe, r.sw2)):
+            L.append(f"| {r.library} | {r.config} | {r.nfe} | {r.sw2:.4f} | {r.sw2 / prob.floor:.2f} | "
+                     f"{r.logp_gap:+.3f} | {r.seconds:.3f} |")
+        L.append("")
+    return L
+
+
+if __name__ == "__main__":
+    sys.exit(main())
