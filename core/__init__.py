@@ -3,9 +3,9 @@
 Conventions (see the README): t in [0, 1], t = 0 data, t = 1 noise; x_t = alpha(t) x0 + sigma(t) eps;
 everything downstream of a network sees a denoiser D(x_t, t, **cond) -> E[x0 | x_t].
 """
-from . import analytic, guidance, paths
+from . import analytic, guidance, likelihood, losses, paths
 from .denoiser import Denoiser, NFECounter
 from .grids import GRIDS, fit_grid, make_grid
 from .solvers import sample, solvers
 
-__all__ = ["paths", "analytic", "guidance", "Denoiser", "NFECounter", "sample", "solvers", "make_grid", "fit_grid", "GRIDS"]
+__all__ = ["paths", "analytic", "guidance", "likelihood", "losses", "Denoiser", "NFECounter", "sample", "solvers", "make_grid", "fit_grid", "GRIDS"]
