@@ -3,29 +3,33 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 
-.PHONY: bench bench-full test env clean
+.PHONY: bench bench-full test clean
 
-$(STAMP): pyproject.toml
+$(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "python3 is required (Debian: apt-get install -y python3 python3-venv)"; exit 1; }
 	@$(PYTHON) -c "import venv, ensurepip" 2>/dev/null || { echo "installing python3-venv"; (apt-get update -qq && apt-get install -y -qq python3-venv) >/dev/null; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+
+# one stamp per extra, so the tests never wait for the benchmark's peers
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+$(VENV)/.bench: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test,bench]"
-	@touch $(STAMP)
+	@touch $@
 
-env: $(STAMP)
-
-## main job: the solver benchmark's quick mode (table on stdout, plot and table under benchmarks/out/)
-bench: $(STAMP)
+## main job: the solver benchmark's quick mode (table on stdout, plot and tables under benchmarks/out/)
+bench: $(VENV)/.bench
 	$(PY) benchmarks/solvers.py --quick
 
-bench-full: $(STAMP)
+bench-full: $(VENV)/.bench
 	$(PY) benchmarks/solvers.py
 
-## the test suite
-test: $(STAMP)
+## the test suite (2 workers, one torch thread each)
+test: $(VENV)/.test
 	$(PY) -m pytest -n 2 tests
 
 clean:
