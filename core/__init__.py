@@ -6,6 +6,7 @@ everything downstream of a network sees a denoiser D(x_t, t, **cond) -> E[x0 | x
 from . import analytic, guidance, likelihood, losses, paths
 from .denoiser import Denoiser, NFECounter
 from .grids import GRIDS, fit_grid, make_grid
+from .inverse import posterior_sample
 from .solvers import sample, solvers
 
-__all__ = ["paths", "analytic", "guidance", "likelihood", "losses", "Denoiser", "NFECounter", "sample", "solvers", "make_grid", "fit_grid", "GRIDS"]
+__all__ = ["paths", "analytic", "guidance", "likelihood", "losses", "Denoiser", "NFECounter", "sample", "posterior_sample", "solvers", "make_grid", "fit_grid", "GRIDS"]

@@ -63,7 +63,10 @@ def eps_from_x0(x: Tensor, x0: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
 
 def target_from_x0(prediction: str, x: Tensor, x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor,
                    d_alpha: Optional[Tensor] = None, d_sigma: Optional[Tensor] = None) -> Tensor:
-    """The quantity a network of kind ``prediction`` should output, given x0 and eps."""
+    """The quantity a network of kind ``prediction`` should output, given x0 and eps.
+
+    "edm" networks are regressed through their denoiser D = c_skip x + c_out F, so their target is x0.
+    """
     if prediction in ("x0", "edm"):
         return x0
     if prediction == "eps":
@@ -79,7 +82,8 @@ def target_from_x0(prediction: str, x: Tensor, x0: Tensor, eps: Tensor, alpha: T
 
 def x0_error_factor(prediction: str, alpha: Tensor, sigma: Tensor,
                     d_alpha: Optional[Tensor] = None, d_sigma: Optional[Tensor] = None) -> Tensor:
-    """k(t) with |target-hat - target|^2 = k(t) |x0-hat - x0|^2 at fixed x (exact, all kinds)."""
+    """k(t) with |target-hat - target|^2 = k(t) |x0-hat - x0|^2 at fixed x (exact, all kinds; "edm"
+    compares D with x0, so k = 1)."""
     if prediction in ("x0", "edm"):
         return torch.ones_like(alpha)
     if prediction == "eps":
@@ -151,7 +155,8 @@ class Denoiser(torch.nn.Module):
 
 
 def _per_sample_t(t: Any, x: Tensor) -> Tensor:
-    t = torch.as_tensor(t, device=x.device)
+    """t as a tensor of shape (B,); a Python number becomes a tensor of x's dtype (not float32)."""
+    t = t.to(x.device) if isinstance(t, Tensor) else torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.dim() == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):

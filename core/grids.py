@@ -3,8 +3,10 @@
 Named grids are defined by noise level, so they mean the same thing on every path: "uniform" and
 "quadratic" are spaced in the path's own t, "logsnr" uniformly in lambda = log(alpha/sigma) (DPM-Solver's
 default), "karras" in sigma^(1/rho) with sigma = exp(-lambda) (EDM's rho = 7). lambda-based grids
-clip the noise range to [sigma_min, sigma_max] (default EDM's 0.002 and 80), always start exactly at
-t_start and always end exactly at t_end.
+span the path's own noise range from t_start to t_end; an end with infinite lambda is replaced by
+sigma_max (zero SNR, e.g. flow at t = 1) or sigma_min (sigma = 0, e.g. VP at t = 0), defaults EDM's
+80 and 0.002. They always start exactly at t_start and end exactly at t_end (a t_end at sigma = 0
+is an extra last point after the one at sigma_min).
 
 ``fit_grid`` fits a grid to a model for a step budget (see its docstring). Any user grid works too:
 a decreasing 1-D tensor of N + 1 times in [0, 1], or (N + 1, B) for per-sample grids.
@@ -23,15 +25,20 @@ GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 
 
 def _lambda_range(path: Path, t_start: float, t_end: float, sigma_min: float, sigma_max: float):
+    """(lambda at the noisy end, lambda at the clean end, whether t_end is at sigma = 0).
+
+    Only an infinite end is replaced (zero SNR by sigma_max, zero noise by sigma_min): a finite end
+    is kept, so that every step of the grid shrinks as the number of steps grows.
+    """
     lam_start = float(path.logsnr(torch.tensor(t_start, dtype=torch.float64)))
     lam_end = float(path.logsnr(torch.tensor(t_end, dtype=torch.float64)))
-    lo = max(lam_start, -math.log(sigma_max))   # noisy end
-    hi = min(lam_end, -math.log(sigma_min))     # clean end
+    lo = lam_start if math.isfinite(lam_start) else -math.log(sigma_max)   # noisy end
+    hi = lam_end if math.isfinite(lam_end) else -math.log(sigma_min)       # clean end
     if not lo < hi:
-        raise ValueError(f"empty noise range: lambda from {lam_start:.3g} to {lam_end:.3g} clipped to "
-                         f"sigma in [{sigma_min}, {sigma_max}]")
-    # a data end beyond the clip (sigma = 0 at t_end) gets its own final point
-    return lo, hi, hi < lam_end
+        raise ValueError(f"empty noise range: lambda from {lam_start:.3g} to {lam_end:.3g}, infinite ends "
+                         f"replaced by sigma in [{sigma_min}, {sigma_max}]")
+    # a data end at sigma = 0 gets its own final point after the one at sigma_min
+    return lo, hi, math.isinf(lam_end)
 
 
 def make_grid(name: str, steps: int, path: Path, t_start: float = 1.0, t_end: float = 0.0, *,
@@ -92,17 +99,20 @@ def resolve_grid(grid: Union[str, Tensor], steps: Optional[int], path: Path, bat
 
 
 def fit_grid(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Path, solver: str, steps: int,
-             init: str = "logsnr", reference_steps: int = 200, reference_solver: str = "dpmpp_3m",
-             max_evals: int = 400, cond: Optional[dict] = None, **solver_options: Any) -> Tensor:
+             init: str = "logsnr", reference_steps: int = 400, reference_solver: str = "dpmpp_3m",
+             max_evals: int = 600, sigma_min: float = 1e-4, sigma_max: float = 80.0,
+             cond: Optional[dict] = None, **solver_options: Any) -> Tensor:
     """Fit a ``steps``-step grid for ``solver`` to a model (in the spirit of Align Your Steps).
 
     Sabour et al. ("Align Your Steps", ICML 2024) and Tong et al. ("Learning to Discretize Denoising
     Diffusion ODEs", ICLR 2025) optimise the time steps of a fixed solver for a given model. We
     minimise the mean squared distance between the few-step solution and an accurate reference
-    solution of the probability-flow ODE from the same noise (the global error the grid controls),
-    over the interior grid points parameterised by their log-SNR gaps (softmax, so the grid stays
-    ordered). Powell's derivative-free method makes it work with any solver, including ones that
-    are not differentiable. ``noise`` is a batch of standard-normal starts (a few hundred is plenty).
+    solution of the probability-flow ODE from the same noise (the global error the grid controls).
+    The free parameters are the log-SNR gaps between consecutive evaluation points (a softmax over
+    the range from sigma_max to sigma_min, so the grid stays ordered); the grid starts at t = 1 and
+    ends at t = 0 as usual. Powell's derivative-free method makes it work with any solver, including
+    stochastic-free ones that are not differentiable. ``noise`` is a batch of standard-normal starts
+    (a few hundred is plenty; use other noise than the one you evaluate on).
     """
     import scipy.optimize
 
@@ -112,26 +122,20 @@ def fit_grid(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Path, solv
     with torch.no_grad():
         target = sample(denoiser, noise, path=path, solver=reference_solver, steps=reference_steps,
                         grid="logsnr", cond=cond)
-    base = make_grid(init, steps, path)
-    lam = path.logsnr(base).clamp(-LOGSNR_CLIP, LOGSNR_CLIP)
-    _, hi, extra_end = _lambda_range(path, 1.0, 0.0, 0.002, 80.0)
-    # free points: interior of the grid, excluding the appended data end
-    lam_lo, lam_hi = float(lam[0]), float(hi if extra_end else lam[-1])
-    n_gaps = (steps - 1 if extra_end else steps)
-    if n_gaps < 2:
-        return base
-    lam_interior = lam[: n_gaps + 1].clone()
-    lam_interior[-1] = lam_hi
-    gaps = torch.diff(lam_interior).clamp_min(1e-6)
-    theta0 = torch.log(gaps / gaps.sum()).numpy()
+    lam_lo, lam_end, extra_end = _lambda_range(path, 1.0, 0.0, sigma_min, sigma_max)
+    if steps < 2:
+        return make_grid(init, steps, path)
+    base = make_grid(init, steps, path, sigma_max=sigma_max)
+    lam0 = path.logsnr(base[1: steps]).clamp(lam_lo + 1e-6, lam_end - 1e-6)
+    pts = torch.cat([torch.tensor([lam_lo], dtype=torch.float64), lam0,
+                     torch.tensor([lam_end], dtype=torch.float64)])
+    theta0 = torch.log(torch.diff(pts).clamp_min(1e-3)).numpy()
 
     def grid_from(theta) -> Tensor:
         w = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0)
-        lam_pts = lam_lo + (lam_hi - lam_lo) * torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(w, 0)])
-        t = path.t_from_logsnr(lam_pts).to(torch.float64)
-        if extra_end:
-            t = torch.cat([t, torch.tensor([0.0], dtype=torch.float64)])
-        t[0], t[-1] = 1.0, 0.0
+        lam = lam_lo + (lam_end - lam_lo) * torch.cumsum(w, 0)[:-1]
+        t = torch.cat([torch.ones(1, dtype=torch.float64), path.t_from_logsnr(lam).to(torch.float64),
+                       torch.zeros(1, dtype=torch.float64)])
         return t
 
     def loss(theta) -> float:
@@ -144,7 +148,7 @@ def fit_grid(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Path, solv
         return float(err) if torch.isfinite(err) else 1e6
 
     res = scipy.optimize.minimize(loss, theta0, method="Powell",
-                                  options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-6})
+                                  options={"maxfev": max_evals, "xtol": 1e-3, "ftol": 1e-4})
     best = res.x if res.fun <= loss(theta0) else theta0
     return grid_from(best)
 

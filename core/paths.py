@@ -106,8 +106,9 @@ class VP(Path):
 
     ``schedule="linear"``: beta(t) = beta_min + t (beta_max - beta_min), the continuous limit of
     DDPM's linear betas (beta_min=0.1, beta_max=20 match 1000 steps of 1e-4..2e-2).
-    ``schedule="cosine"``: alpha^2 = f(t)/f(0), f(t) = cos^2((t+s)/(1+s) * pi/2) (Improved DDPM);
-    alpha(1) = 0 exactly, so the path reaches pure noise (zero terminal SNR).
+    ``schedule="cosine"``: alpha^2 = f(t)/f(0), f(t) = cos^2((t+s)/(1+s) * pi/2) (Improved DDPM),
+    i.e. alpha = sin((1-t) k) / sin(k) with k = pi / (2 (1+s)); alpha(1) = 0 exactly, so the path
+    reaches pure noise (zero terminal SNR).
     """
 
     variance_preserving = True
@@ -118,66 +119,82 @@ class VP(Path):
             raise ValueError(f"unknown VP schedule {schedule!r}; valid: 'linear', 'cosine'")
         if schedule == "linear" and not (0 < beta_min < beta_max):
             raise ValueError(f"need 0 < beta_min < beta_max, got {beta_min}, {beta_max}")
+        if schedule == "cosine" and not cosine_s >= 0:
+            raise ValueError(f"need cosine_s >= 0, got {cosine_s}")
         self.schedule = schedule
         self.beta_min = float(beta_min)
         self.beta_max = float(beta_max)
         self.cosine_s = float(cosine_s)
 
-    # log alpha and its derivative
+    @property
+    def _k(self) -> float:
+        return math.pi / (2.0 * (1.0 + self.cosine_s))
+
+    # linear schedule: log alpha = -int_0^t beta / 2 and its derivative -beta(t) / 2
     def _log_alpha(self, t: Tensor) -> Tensor:
-        if self.schedule == "linear":
-            return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
-        s = self.cosine_s
-        ang = (t + s) / (1 + s) * (math.pi / 2)
-        return torch.log(torch.cos(ang).clamp_min(0.0)) - math.log(math.cos(s / (1 + s) * math.pi / 2))
+        return -0.25 * t * t * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
 
     def _d_log_alpha(self, t: Tensor) -> Tensor:
-        if self.schedule == "linear":
-            return -0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min
-        s = self.cosine_s
-        ang = (t + s) / (1 + s) * (math.pi / 2)
-        return -torch.tan(ang) * (math.pi / 2) / (1 + s)
+        return -0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min
 
     def alpha(self, t: TimeLike) -> Tensor:
-        return torch.exp(self._log_alpha(_as_tensor(t)))
+        t = _as_tensor(t)
+        if self.schedule == "linear":
+            return torch.exp(self._log_alpha(t))
+        k = self._k
+        return torch.sin((1.0 - t) * k) / math.sin(k)
 
     def sigma(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
-        # sqrt(1 - alpha^2) = sqrt(-expm1(2 log alpha)), accurate near t = 0
-        return torch.sqrt((-torch.expm1(2.0 * self._log_alpha(t))).clamp_min(0.0))
+        if self.schedule == "linear":
+            # sqrt(1 - alpha^2) = sqrt(-expm1(2 log alpha)), accurate near t = 0
+            return torch.sqrt((-torch.expm1(2.0 * self._log_alpha(t))).clamp_min(0.0))
+        # sin^2 k - sin^2((1-t) k) = sin(t k) sin((2-t) k), accurate near t = 0
+        k = self._k
+        return torch.sqrt((torch.sin(t * k) * torch.sin((2.0 - t) * k)).clamp_min(0.0)) / math.sin(k)
 
     def d_alpha(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
-        return self.alpha(t) * self._d_log_alpha(t)
+        if self.schedule == "linear":
+            return self.alpha(t) * self._d_log_alpha(t)
+        k = self._k
+        return -k * torch.cos((1.0 - t) * k) / math.sin(k)
 
     def d_sigma(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
-        a = self.alpha(t)
-        return -a * self.d_alpha(t) / self.sigma(t)
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def logsnr(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
-        la = self._log_alpha(t)
-        return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
+        if self.schedule == "linear":
+            la = self._log_alpha(t)
+            return la - 0.5 * torch.log(-torch.expm1(2.0 * la))
+        return torch.log(self.alpha(t)) - torch.log(self.sigma(t))
 
     def d_logsnr(self, t: TimeLike) -> Tensor:
         t = _as_tensor(t)
-        # lambda = la - 0.5 log(1 - e^{2 la}) => lambda' = la' / (1 - alpha^2) = la' / sigma^2
-        return self._d_log_alpha(t) / self.sigma(t) ** 2
+        # lambda = log alpha - 0.5 log(1 - alpha^2)  =>  lambda' = (log alpha)' / sigma^2
+        return self.d_alpha(t) / (self.alpha(t) * self.sigma(t) ** 2)
 
     def t_from_logsnr(self, lam: TimeLike) -> Tensor:
         lam = _as_tensor(lam)
-        log_alpha = 0.5 * torch.nn.functional.logsigmoid(2.0 * lam)  # alpha^2 = sigmoid(2 lambda)
+        # alpha^2 = sigmoid(2 lambda), sigma^2 = sigmoid(-2 lambda)
         if self.schedule == "linear":
-            # 0.25 d t^2 + 0.5 b t + log_alpha = 0
+            # 0.25 d t^2 + 0.5 b t + log_alpha = 0, root written without cancellation
+            # (log alpha floored so that lambda = -inf lands beyond t = 1 instead of inf / inf)
+            log_alpha = (0.5 * torch.nn.functional.logsigmoid(2.0 * lam)).clamp_min(-1e6)
             d = self.beta_max - self.beta_min
             b = self.beta_min
-            disc = (0.25 * b * b - d * log_alpha).clamp_min(0.0)
-            t = (-0.5 * b + torch.sqrt(disc)) / (0.5 * d)
+            t = -2.0 * log_alpha / (0.5 * b + torch.sqrt(0.25 * b * b - d * log_alpha))
         else:
-            s = self.cosine_s
-            c0 = math.cos(s / (1 + s) * math.pi / 2)
-            t = torch.acos((torch.exp(log_alpha) * c0).clamp(-1.0, 1.0)) * (2 * (1 + s) / math.pi) - s
+            # u = (1 - t) k has sin u = sin k alpha, cos u = sqrt(cos^2 k + sin^2 k sigma^2); then
+            # t k = k - u with sin(k - u) = sin k sigma^2 / (cos u + cos k alpha): no cancellation at t -> 0
+            k = self._k
+            a, s2 = torch.sqrt(torch.sigmoid(2.0 * lam)), torch.sigmoid(-2.0 * lam)
+            sin_u = math.sin(k) * a
+            cos_u = torch.sqrt(math.cos(k) ** 2 + math.sin(k) ** 2 * s2)
+            t = torch.atan2(math.sin(k) * s2 / (cos_u + math.cos(k) * a),
+                            math.cos(k) * cos_u + math.sin(k) * sin_u) / k
         return t.clamp(0.0, 1.0)
 
 
@@ -205,10 +222,10 @@ class SubVP(Path):
 
     def t_from_logsnr(self, lam: TimeLike) -> Tensor:
         lam = _as_tensor(lam)
-        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^{-lam} + sqrt(e^{-2 lam} + 4))
-        em = torch.exp(-lam)
-        alpha = 2.0 / (em + torch.sqrt(em * em + 4.0))
-        return self._vp.t_from_logsnr(torch.log(alpha) - 0.5 * torch.log1p(-alpha * alpha))
+        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^{-lam} + sqrt(e^{-2 lam} + 4)) = exp(-asinh(e^{-lam} / 2)),
+        # and the VP log-SNR of that alpha is log alpha - 0.5 log(1 - alpha^2) = (log alpha + lam) / 2
+        log_alpha = -torch.asinh(0.5 * torch.exp(-lam))
+        return self._vp.t_from_logsnr(0.5 * (log_alpha + lam))
 
 
 class VE(Path):
@@ -310,12 +327,19 @@ class Shifted(Path):
 
     Implemented as a time warp t -> t' = base.t_from_logsnr(base.logsnr(t) - log(shift)), so the
     shifted path stays in the base path's family (for Flow it is exactly SD3's
-    t' = shift t / (1 + (shift - 1) t)).
+    t' = shift t / (1 + (shift - 1) t)). The base must span every log-SNR the shift reaches: infinite
+    log-SNR at t = 1 for shift > 1 (Flow, VP cosine, zero terminal SNR), at t = 0 for shift < 1.
     """
 
     def __init__(self, base: Path, shift: float) -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
+        # the warp must stay inside [0, 1]: shifting towards noise needs lambda(1) = -inf, towards data
+        # lambda(0) = +inf (otherwise alpha, sigma would saturate while the log-SNR moves on)
+        end = 1.0 if shift > 1 else 0.0
+        if shift != 1 and math.isfinite(float(base.logsnr(end))):
+            raise ValueError(f"Shifted(shift={shift}) needs a base path whose log-SNR is infinite at t = {end:g}, "
+                             f"got {base!r}; use e.g. Flow(), VP('cosine') or ZeroTerminalSNR(...)")
         self.base = base
         self.shift = float(shift)
         self.variance_preserving = base.variance_preserving
@@ -324,7 +348,21 @@ class Shifted(Path):
         return self.base.t_from_logsnr(self.base.logsnr(t) - math.log(self.shift))
 
     def _dwarp(self, t: Tensor, tw: Tensor) -> Tensor:
-        return self.base.d_logsnr(t) / self.base.d_logsnr(tw)
+        """dt'/dt = lambda'(t) / lambda'(t'), written to stay finite at both ends of the path.
+
+        With lambda' = W / (alpha sigma), W = alpha' sigma - sigma' alpha, and alpha(t')/sigma(t') =
+        alpha/(shift sigma): X = alpha(t') sigma(t') / (alpha sigma) = shift (alpha(t')^2 + sigma(t')^2)
+        / (alpha^2 + shift^2 sigma^2), so dt'/dt = X W(t) / W(t'). On a VP path W = alpha' / sigma is
+        infinite at sigma = 0, so there W(t)/W(t') = alpha'(t) sigma(t') / (alpha'(t') sigma(t)) with
+        sigma(t') / sigma(t) = sqrt(shift X).
+        """
+        b, k = self.base, self.shift
+        a, s, aw, sw = b.alpha(t), b.sigma(t), b.alpha(tw), b.sigma(tw)
+        x = k * (aw * aw + sw * sw) / (a * a + k * k * s * s)
+        if b.variance_preserving:
+            return x * torch.sqrt(k * x) * b.d_alpha(t) / b.d_alpha(tw)
+        w, ww = b.d_alpha(t) * s - b.d_sigma(t) * a, b.d_alpha(tw) * sw - b.d_sigma(tw) * aw
+        return x * w / ww
 
     def alpha(self, t: TimeLike) -> Tensor:
         return self.base.alpha(self._warp(_as_tensor(t)))
@@ -369,15 +407,20 @@ class ZeroTerminalSNR(Path):
         a1 = float(base.alpha(1.0))
         if not a0 > a1:
             raise ValueError("ZeroTerminalSNR needs alpha(0) > alpha(1)")
-        self._a1 = a1
+        self._a0, self._a1 = a0, a1
         self._scale = a0 / (a0 - a1)
 
     def alpha(self, t: TimeLike) -> Tensor:
         return ((self.base.alpha(t) - self._a1) * self._scale).clamp_min(0.0)
 
     def sigma(self, t: TimeLike) -> Tensor:
+        # 1 - alpha = (1 - a0)(1 - scale) + scale (1 - alpha_base), 1 - alpha_base = sigma_base^2 / (1 + alpha_base):
+        # no cancellation near t = 0
+        t = _as_tensor(t)
+        ab, sb = self.base.alpha(t), self.base.sigma(t)
+        one_minus = (1.0 - self._a0) * (1.0 - self._scale) + self._scale * sb * sb / (1.0 + ab)
         a = self.alpha(t)
-        return torch.sqrt((1.0 - a * a).clamp_min(0.0))
+        return torch.sqrt((one_minus * (1.0 + a)).clamp_min(0.0))
 
     def d_alpha(self, t: TimeLike) -> Tensor:
         return self.base.d_alpha(t) * self._scale
@@ -386,10 +429,14 @@ class ZeroTerminalSNR(Path):
         return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
 
     def t_from_logsnr(self, lam: TimeLike) -> Tensor:
-        alpha_new = torch.sqrt(torch.sigmoid(2.0 * _as_tensor(lam)))
-        alpha_base = alpha_new / self._scale + self._a1
-        base_lam = torch.log(alpha_base) - 0.5 * torch.log1p(-alpha_base * alpha_base)
-        return self.base.t_from_logsnr(base_lam)
+        lam = _as_tensor(lam)
+        a = torch.sqrt(torch.sigmoid(2.0 * lam))             # alpha on this path
+        one_minus_a = torch.sigmoid(-2.0 * lam) / (1.0 + a)  # 1 - a without cancellation
+        a0, a1 = self._a0, self._a1
+        ab = a / self._scale + a1                            # alpha on the base path
+        one_minus_ab = (1.0 - a0) + (a0 - a1) * ((a0 - 1.0) + one_minus_a) / a0
+        base_lam = torch.log(ab) - 0.5 * torch.log(one_minus_ab * (1.0 + ab))
+        return torch.where(lam == -math.inf, torch.ones_like(lam), self.base.t_from_logsnr(base_lam))
 
 
 _PATHS = {"vp": lambda: VP("linear"), "vp_linear": lambda: VP("linear"), "vp_cosine": lambda: VP("cosine"),

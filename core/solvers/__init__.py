@@ -18,7 +18,7 @@ Tensor = torch.Tensor
 
 
 def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, str],
-           solver: str = "dpmpp_2m", steps: Optional[int] = 10, grid: Union[str, Tensor] = "logsnr",
+           solver: str = "dpmpp_2m", steps: Optional[int] = None, grid: Union[str, Tensor] = "logsnr",
            t_start: float = 1.0, t_end: float = 0.0, x_init: Optional[Tensor] = None,
            cond: Optional[Dict[str, Any]] = None, generator: Optional[torch.Generator] = None,
            callback: Optional[Callable[[int, Any, Tensor, Tensor], Any]] = None,
@@ -31,7 +31,9 @@ def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, 
         sigma(t_start) * noise, or ``x_init`` if given (e.g. to start part-way, SDEdit-style).
     steps: solver steps; each solver spends ``solvers()[name].nfe(steps)`` evaluations.
     grid: "uniform", "quadratic", "logsnr", "karras" or a decreasing tensor of times (N + 1,) or
-        (N + 1, B) for per-sample grids (then ``steps`` may be None).
+        (N + 1, B) for per-sample grids (then ``steps`` may be None). The columns of a per-sample
+        grid must reach sigma = 0 at the same step; where only some start a step at zero SNR,
+        edm, euler_maruyama and pc take their zero-SNR step for the whole batch.
     generator: the only source of randomness of stochastic solvers.
     callback: called as callback(i, t, x, x0_hat) after every step.
     options: the solver's own options (``solvers()[name].options()``).

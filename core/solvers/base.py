@@ -28,7 +28,11 @@ class SolverInfo:
     name: str
     fn: Callable[..., Tensor]
     nfe_per_step: int    # denoiser evaluations per step (see ``nfe``)
-    order: int           # order of accuracy on the probability-flow ODE (stochastic: weak order 1)
+    #: order of accuracy on the probability-flow ODE once a multistep method's history is full
+    #: (stochastic solvers: weak order 1; edm: its Heun steps, s_churn = 0). The lower-order warm-up
+    #: steps of dpmpp_3m, deis and ipndm leave a global O(h^2) term, ipndm's fixed coefficients
+    #: assume steps uniform in sigma/alpha, and rk45's accuracy is set by its tolerances.
+    order: int
     stochastic: bool
     summary: str
 
@@ -101,12 +105,13 @@ class Context:
             self._t_dev = self._t_dev.expand(-1, self.batch)
         self._sum_steps: list = []
         self._sum_list: list = []
-        # host-side flag per step: does this step end at sigma = 0 for every sample?
-        # host-side flags per step (computed once): ends at sigma = 0 / starts at alpha = 0 for every sample
-        zero_sigma = (self.sigma == 0).all(1).tolist()
-        zero_alpha = (self.alpha == 0).any(1).tolist()
-        self.ends_at_data = zero_sigma[1:]
-        self.starts_at_zero_snr = zero_alpha[:-1]
+        # host-side flags per step (computed once): the step ends at sigma = 0 (every sample) / starts
+        # at alpha = 0 (some sample: the solvers' zero-SNR steps are valid for every sample)
+        zero_sigma = self.sigma == 0
+        if (zero_sigma.any(1) != zero_sigma.all(1)).any():
+            raise ValueError("the columns of a per-sample grid must reach sigma = 0 (the data end) at the same step")
+        self.ends_at_data = zero_sigma.all(1).tolist()[1:]
+        self.starts_at_zero_snr = (self.alpha == 0).any(1).tolist()[:-1]
 
     # ---------------------------------------------------------------- coefficients
     def c(self, v: Tensor) -> Coef:

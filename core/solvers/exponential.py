@@ -94,14 +94,16 @@ def _taylor_step(ctx: Context, i: int, x: Tensor, Ds: list, order: int) -> Tenso
     elif order == 3:
         r0 = (ctx.lam_stage[i] - ctx.lam_stage[i - 1]) / hs
         r1 = (ctx.lam_stage[i - 1] - ctx.lam_stage[i - 2]) / hs
-        # D1_0 = (D0 - Dp)/r0, D1_1 = (Dp - Dpp)/r1, D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1), D2 = (D1_0 - D1_1)/(r0+r1)
+        # D1_0 = (D0 - Dp)/r0, D1_1 = (Dp - Dpp)/r1, D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1) ~ h D',
+        # D2 = (D1_0 - D1_1)/(r0+r1) ~ h^2 D''/2. The exact step has -alpha_t phi_3 h^2 D'', so D2 enters
+        # twice: with D2 once (as in the reference code of Lu et al.) the step is only second order.
         d10 = [1 / r0, -1 / r0, torch.zeros_like(h)]
         d11 = [torch.zeros_like(h), 1 / r1, -1 / r1]
         k = r0 / (r0 + r1)
         for j in range(3):
             d1 = d10[j] + k * (d10[j] - d11[j])
             d2 = (d10[j] - d11[j]) / (r0 + r1)
-            coef[j] = coef[j] + a_t * p2 * d1 - a_t * p3 * d2
+            coef[j] = coef[j] + a_t * p2 * d1 - 2.0 * a_t * p3 * d2
     terms = [(ctx.sigma[i + 1] / ctx.sigma[i], x)] + [(coef[j], Ds[j]) for j in range(order)]
     return ctx.lin(*terms)
 
@@ -171,17 +173,19 @@ def dpm_solver_2(ctx: Context, x: Tensor, r1: float = 0.5) -> Tensor:
         raise ValueError(f"r1 must be in (0, 1), got {r1}")
     for i in range(ctx.n):
         D = ctx.denoise(x, i)
-        if ctx.ends_at_data[i]:
-            x = _first_order(ctx, i, x, D)
-        else:
-            t_u, a_u, s_u = _stage(ctx, i, r1)
-            u = _step_to(ctx, i, x, a_u, s_u, D)
-            D_u = ctx.denoise(u, i, t_u)
-            h = ctx.lam[i + 1] - ctx.lam[i]
-            w = ctx.alpha[i + 1] * (-torch.expm1(-h))
-            x = ctx.lin((ctx.sigma[i + 1] / ctx.sigma[i], x), (w * (1 - 0.5 / r1), D), (w * 0.5 / r1, D_u))
+        x = _first_order(ctx, i, x, D) if ctx.ends_at_data[i] else _dpm2_step(ctx, i, x, D, r1)
         ctx.report(i, x, D)
     return x
+
+
+def _dpm2_step(ctx: Context, i: int, x: Tensor, D: Tensor, r1: float = 0.5) -> Tensor:
+    """One DPM-Solver++(2S) step from grid point i (D = denoiser at x) to i+1: one more evaluation."""
+    t_u, a_u, s_u = _stage(ctx, i, r1)
+    u = _step_to(ctx, i, x, a_u, s_u, D)
+    D_u = ctx.denoise(u, i, t_u)
+    h = ctx.lam[i + 1] - ctx.lam[i]
+    w = ctx.alpha[i + 1] * (-torch.expm1(-h))
+    return ctx.lin((ctx.sigma[i + 1] / ctx.sigma[i], x), (w * (1 - 0.5 / r1), D), (w * 0.5 / r1, D_u))
 
 
 @register("dpm_solver_3", nfe_per_step=3, order=3)
@@ -213,12 +217,14 @@ def dpm_solver_3(ctx: Context, x: Tensor, r1: float = 1 / 3, r2: float = 2 / 3) 
     return x
 
 
-@register("unipc", nfe_per_step=1, order=3)
+@register("unipc", nfe_per_step=1, order=4)
 def unipc(ctx: Context, x: Tensor, order: int = 3, variant: str = "bh2", corrector: bool = True) -> Tensor:
     """UniPC: UniP predictor + UniC corrector, data prediction (Zhao et al., NeurIPS 2023).
 
-    The corrector re-uses the evaluation at the predicted point, so it costs no extra NFE. Orders
-    warm up from 1 and fall back to first order on a step that ends at sigma = 0.
+    The corrector re-uses the evaluation at the predicted point, so it costs no extra NFE, and raises
+    the order by one (Zhao et al., Thm 3.3): UniP-3 + UniC is order 4 once the history is full, and
+    the warm-up steps (UniP-1 + UniC, UniP-2 + UniC) keep the global error O(h^3). Orders warm up
+    from 1 and fall back to first order on a step that ends at sigma = 0.
     """
     if order not in (1, 2, 3):
         raise ValueError(f"unipc order must be 1, 2 or 3, got {order}")
@@ -303,8 +309,8 @@ def deis(ctx: Context, x: Tensor, order: int = 3, basis: str = "logsnr") -> Tens
 
     In the scaled state y = x/alpha with rho = sigma/alpha, dy/drho = eps-hat; eps-hat is
     extrapolated by the Lagrange polynomial through the last ``order`` points in ``basis``
-    ("t": the paper's tAB-DEIS; "logsnr": polynomial in lambda) and integrated exactly (16-point
-    Gauss-Legendre in rho). First-order steps are DDIM steps, exact from zero SNR.
+    ("t": the paper's tAB-DEIS; "logsnr": polynomial in lambda) and integrated in rho to machine
+    precision (16-point Gauss-Legendre in lambda). First-order steps are DDIM steps, exact from zero SNR.
     """
     if order not in (1, 2, 3, 4):
         raise ValueError(f"deis order must be in 1..4, got {order}")
@@ -320,11 +326,12 @@ def deis(ctx: Context, x: Tensor, order: int = 3, basis: str = "logsnr") -> Tens
         if ctx.ends_at_data[i] or p == 1:
             x = _first_order(ctx, i, x, D)
         else:
-            rho_s = ctx.sigma[i] / ctx.alpha[i]
-            rho_t = ctx.sigma[i + 1] / ctx.alpha[i + 1]
-            rho_q = 0.5 * (rho_t + rho_s) + 0.5 * (rho_t - rho_s) * _GL_NODES.to(rho_s)[:, None]   # (16, Bg)
-            w_q = 0.5 * (rho_t - rho_s) * _GL_WEIGHTS.to(rho_s)[:, None]
-            u_q = ctx.time_at_logsnr(-torch.log(rho_q)) if basis == "t" else -torch.log(rho_q)
+            # int eps d rho over the step, rho = e^{-lambda}, by Gauss-Legendre in lambda (the
+            # integrand, polynomial in lambda or t times e^{-lambda}, is smooth there)
+            lam_s, lam_t = ctx.lam[i], ctx.lam[i + 1]
+            lam_q = 0.5 * (lam_t + lam_s) + 0.5 * (lam_t - lam_s) * _GL_NODES.to(lam_s)[:, None]   # (16, Bg)
+            w_q = -0.5 * (lam_t - lam_s) * _GL_WEIGHTS.to(lam_s)[:, None] * torch.exp(-lam_q)
+            u_q = ctx.time_at_logsnr(lam_q) if basis == "t" else lam_q
             pts = [nodes_src[j] for _, j in hist]
             terms = [(ctx.alpha[i + 1] / ctx.alpha[i], x)]
             for a, (e_a, _) in enumerate(hist):
@@ -344,7 +351,10 @@ _AB = {1: [1.0], 2: [1.5, -0.5], 3: [23 / 12, -16 / 12, 5 / 12], 4: [55 / 24, -5
 @register("ipndm", nfe_per_step=1, order=4)
 def ipndm(ctx: Context, x: Tensor, order: int = 4) -> Tensor:
     """Improved PNDM: fixed-coefficient Adams-Bashforth on eps in (x/alpha, sigma/alpha), warm-started
-    at lower orders (Zhang & Chen 2023, App.; Liu et al., "Pseudo Numerical Methods", ICLR 2022)."""
+    at lower orders (Zhang & Chen 2023, App.; Liu et al., "Pseudo Numerical Methods", ICLR 2022).
+
+    The coefficients are those of equal steps in sigma/alpha: order ``order`` on such grids, order 2
+    on grids whose steps in sigma/alpha vary smoothly (logsnr, karras), like its warm-up."""
     if order not in _AB:
         raise ValueError(f"ipndm order must be in 1..4, got {order}")
     hist: list = []

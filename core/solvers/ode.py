@@ -14,6 +14,7 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from .base import Context, register
+from .exponential import _first_order
 
 Tensor = torch.Tensor
 
@@ -27,26 +28,33 @@ def drift(ctx: Context, x: Tensor, D: Tensor, t: Tensor) -> Tensor:
 
 @register("euler", nfe_per_step=1, order=1)
 def euler(ctx: Context, x: Tensor) -> Tensor:
-    """Euler's method on the probability-flow ODE in the path's time t."""
+    """Euler's method on the probability-flow ODE in the path's time t.
+
+    A step onto sigma = 0 returns alpha_t D (Euler in EDM's (x/alpha, sigma/alpha)): Euler in t would
+    stop half-way there on VP paths, at (x + alpha D) / 2, since sigma'/sigma ~ 1/(2t) near t = 0.
+    """
     for i in range(ctx.n):
         D = ctx.denoise(x, i)
-        v = drift(ctx, x, D, ctx.t[i])
-        x = x + ctx.c(ctx.t[i + 1] - ctx.t[i]) * v
+        if ctx.ends_at_data[i]:
+            x = _first_order(ctx, i, x, D)
+        else:
+            v = drift(ctx, x, D, ctx.t[i])
+            x = x + ctx.c(ctx.t[i + 1] - ctx.t[i]) * v
         ctx.report(i, x, D)
     return x
 
 
 @register("heun", nfe_per_step=2, order=2)
 def heun(ctx: Context, x: Tensor) -> Tensor:
-    """Heun's second-order method in the path's time t; the last step to sigma = 0 is an Euler step."""
+    """Heun's second-order method in the path's time t; the last step to sigma = 0 returns alpha D."""
     for i in range(ctx.n):
         D = ctx.denoise(x, i)
-        dt = ctx.c(ctx.t[i + 1] - ctx.t[i])
-        v = drift(ctx, x, D, ctx.t[i])
-        x_e = x + dt * v
         if ctx.ends_at_data[i]:
-            x = x_e
+            x = _first_order(ctx, i, x, D)
         else:
+            dt = ctx.c(ctx.t[i + 1] - ctx.t[i])
+            v = drift(ctx, x, D, ctx.t[i])
+            x_e = x + dt * v
             D2 = ctx.denoise(x_e, i, ctx.t[i + 1])
             v2 = drift(ctx, x_e, D2, ctx.t[i + 1])
             x = x + (0.5 * dt) * (v + v2)

@@ -13,7 +13,7 @@ import math
 import torch
 
 from .base import Context, register
-from .exponential import _first_order, ddim
+from .exponential import _dpm2_step, _first_order, ddim
 
 Tensor = torch.Tensor
 
@@ -56,19 +56,23 @@ def euler_maruyama(ctx: Context, x: Tensor) -> Tensor:
 @register("pc", nfe_per_step=2, order=1, stochastic=True)
 def pc(ctx: Context, x: Tensor, snr: float = 0.16, corrector_steps: int = 1) -> Tensor:
     """Predictor-corrector (Song et al. 2021, Alg. 1-2): Langevin corrector(s) then a reverse-SDE
-    predictor at each grid point. Langevin step size eps = 2 (snr |z| / |score|)^2 per sample."""
+    predictor at each grid point (the order of Song et al.'s code).
+
+    Langevin step size eps = 2 (snr sigma_t)^2: Song et al.'s rule eps = 2 (snr |z| / |score|)^2 with
+    |z|^2 and |score|^2 replaced by their expectations d and d / sigma_t^2 (an upper bound on the
+    Fisher information, reached at low noise). A step size that does not depend on the state keeps
+    the corrector a proper Langevin step and per-sample; the ratio of the sample's own norms blows up
+    in low dimensions, where |score| is often near 0.
+    """
     if snr <= 0 or corrector_steps < 0:
         raise ValueError("pc needs snr > 0 and corrector_steps >= 0")
     for i in range(ctx.n):
-        a, s = ctx.c(ctx.alpha[i]), ctx.c(ctx.sigma[i])
+        a, s = ctx.alpha[i], ctx.sigma[i]
+        step = 2.0 * (snr * s) ** 2
         for _ in range(corrector_steps):
             D = ctx.denoise(x, i)
-            score = (a * D - x) / (s * s)
-            z = ctx.randn(x)
-            dims = tuple(range(1, x.dim()))
-            ratio = torch.linalg.vector_norm(z, dim=dims) / torch.linalg.vector_norm(score, dim=dims).clamp_min(1e-30)
-            step = (2.0 * (snr * ratio) ** 2).reshape((-1,) + (1,) * (x.dim() - 1))
-            x = x + step * score + torch.sqrt(2.0 * step) * z
+            # x + step * score + sqrt(2 step) z, score = (alpha D - x) / sigma^2
+            x = ctx.lin((1.0 - step / (s * s), x), (step * a / (s * s), D), (torch.sqrt(2.0 * step), ctx.randn(x)))
         D = ctx.denoise(x, i)
         x = _em_step(ctx, i, x, D)
         ctx.report(i, x, D)
@@ -81,8 +85,8 @@ def edm(ctx: Context, x: Tensor, s_churn: float = 40.0, s_tmin: float = 0.05, s_
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2): churn, then Heun in (x/alpha, sigma/alpha).
 
     Noise levels are EDM's sigma = sigma/alpha of the path; the defaults are EDM's ImageNet-64
-    settings and s_churn = 0 gives the deterministic EDM Heun sampler. A step from zero SNR is a
-    DDIM step (EDM's sigma is infinite there).
+    settings and s_churn = 0 gives the deterministic EDM Heun sampler. A step from zero SNR (where
+    EDM's sigma is infinite) is a DPM-Solver++(2S) step instead: second order, two evaluations too.
     """
     if s_churn < 0 or s_noise < 0:
         raise ValueError("s_churn and s_noise must be >= 0")
@@ -92,7 +96,7 @@ def edm(ctx: Context, x: Tensor, s_churn: float = 40.0, s_tmin: float = 0.05, s_
         a_i, s_i = ctx.alpha[i], ctx.sigma[i]
         if ctx.starts_at_zero_snr[i]:
             D = ctx.denoise(x, i)
-            x = _first_order(ctx, i, x, D)
+            x = _first_order(ctx, i, x, D) if ctx.ends_at_data[i] else _dpm2_step(ctx, i, x, D)
             ctx.report(i, x, D)
             continue
         sig = s_i / a_i
