@@ -149,14 +149,16 @@ class Denoiser(torch.nn.Module):
         return x0_from(self.prediction, out, x, a, s, da, ds)
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        t = _per_sample_t(t, x)
+        t = per_sample_t(t, x)
         net_x, net_t, coefs = self.network_input(x, t)
         return self.output_to_x0(self.net(net_x, net_t, **cond), x, coefs)
 
 
-def _per_sample_t(t: Any, x: Tensor) -> Tensor:
-    """t as a tensor of shape (B,); a Python number becomes a tensor of x's dtype (not float32)."""
+def per_sample_t(t: Any, x: Tensor) -> Tensor:
+    """t as a tensor of shape (B,) on x's device; a Python number or an integer tensor takes x's dtype."""
     t = t.to(x.device) if isinstance(t, Tensor) else torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    if not t.is_floating_point():
+        t = t.to(x.dtype)
     if t.dim() == 0:
         return t.expand(x.shape[0])
     if t.shape != (x.shape[0],):

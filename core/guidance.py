@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from .denoiser import coefficients
+from .denoiser import coefficients, per_sample_t
 from .paths import Path
 
 Tensor = torch.Tensor
@@ -74,18 +74,6 @@ def _check_path(path: Any, who: str, why: str) -> Path:
     if not isinstance(path, Path):
         raise ValueError(f"{who}: path must be a polydiff.core.paths.Path, got {type(path).__name__}")
     return path
-
-
-def _per_sample_t(t: Any, x: Tensor) -> Tensor:
-    """t as a (B,) tensor on x's device (a scalar is broadcast)."""
-    t = torch.as_tensor(t, device=x.device)
-    if not t.is_floating_point():
-        t = t.to(x.dtype)
-    if t.dim() == 0:
-        return t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or of shape ({x.shape[0]},), got {tuple(t.shape)}")
-    return t
 
 
 def _score_to_x0_factor(path: Path, t: Tensor, x: Tensor) -> Tensor:
@@ -231,7 +219,7 @@ class ClassifierFreeGuidance(Guidance):
         return out[:B], out[B:]
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        t = _per_sample_t(t, x)
+        t = per_sample_t(t, x)
         if self.scale == 1.0:  # D_u + (D_c - D_u) = D_c, and its eps std equals its own: rescale is a no-op
             return self.denoiser(x, t, **cond)
         d_c, d_u = self._both(x, t, cond)
@@ -289,7 +277,7 @@ class ClassifierGuidance(Guidance):
         return f"scale={self.scale}, path={self.path!r}"
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        t = _per_sample_t(t, x)
+        t = per_sample_t(t, x)
         d = self.denoiser(x, t, **cond)
         if self.scale == 0.0:
             return d
@@ -343,7 +331,7 @@ class UniversalGuidance(Guidance):
                 f"backward_lr={self.backward_lr}, path={self.path!r}")
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
-        t = _per_sample_t(t, x)
+        t = per_sample_t(t, x)
         if self.scale == 0.0:
             d0 = self.denoiser(x, t, **cond)
             d = d0

@@ -376,3 +376,17 @@ def test_lambda_grids_keep_finite_ends(path):
         r = torch.exp(-path.logsnr(k[:-1] if math.isinf(lam1) else k) / 7)
         assert torch.allclose(r, r[0] + (r[-1] - r[0]) * torch.arange(n + 1, dtype=F64) / n, rtol=1e-9)
         assert math.isclose(float(r[-1]), math.exp(-hi / 7), rel_tol=1e-9)
+
+
+def test_rk45_stops_with_a_clear_error_when_the_denoiser_turns_nan():
+    """An adaptive solver must not shrink its step thousands of times on NaN: it names the problem."""
+    path = P.Flow()
+    D = MIX.denoiser(path)
+
+    def bad(x, t):
+        out = D(x, t)
+        return torch.where((t < 0.5)[:, None], torch.full_like(out, math.nan), out)
+    counter = NFECounter(bad)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        sample(counter, torch.randn(8, 2, dtype=F64), path=path, solver="rk45", steps=10, grid="uniform")
+    assert counter.nfe < 500          # a few dozen rejected steps, not max_steps of them

@@ -86,7 +86,9 @@ def odeint_dopri5(f: Callable[[float, Tensor], Tensor], y0: Tensor, s0: float, s
     h = first_step if first_step is not None else span / 20
     s, y = s0, y0
     k1 = f(s, y)
-    nfe, steps, err_prev = 1, 0, 1.0
+    if not bool(torch.isfinite(k1).all()):
+        raise FloatingPointError(f"the ODE's derivative is NaN or inf at the start (s={s0:.6g}); check the denoiser")
+    nfe, steps, err_prev, bad = 1, 0, 1.0, 0
     while direction * (s1 - s) > 1e-12 * max(1.0, span):
         if steps >= max_steps:
             raise RuntimeError(f"rk45 exceeded {max_steps} steps; loosen rtol/atol")
@@ -112,6 +114,10 @@ def odeint_dopri5(f: Callable[[float, Tensor], Tensor], y0: Tensor, s0: float, s
         err = float(torch.sqrt(torch.mean((diff / scale).double() ** 2)))
         steps += 1
         if not math.isfinite(err):
+            bad += 1            # a stage left the region where the field is finite: shrink, a few times
+            if bad > 30:
+                raise FloatingPointError(f"the ODE's derivative stays NaN or inf near s={s:.6g} even with step "
+                                         f"{h:.3g}; check the denoiser")
             h *= 0.2
             continue
         if err <= 1.0:
