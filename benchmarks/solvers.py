@@ -197,6 +197,7 @@ def headline(rows: List[Row], prob: Problem, nfe: int):
 
 def plot(rows: List[Row], problems: List[Problem], path: str) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(problems), figsize=(6.5 * len(problems), 4.8))
@@ -210,6 +211,7 @@ def plot(rows: List[Row], problems: List[Problem], path: str) -> None:
         ax.set_yscale("log")
         ax.set_xticks(list(NFES))
         ax.set_xticklabels([str(n) for n in NFES])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("denoiser evaluations (NFE)")
         ax.set_ylabel("sliced W2 to exact samples")
         ax.set_title(f"{prob.name}: {prob.gmm.K}-component ring, n={prob.n}")
