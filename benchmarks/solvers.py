@@ -160,24 +160,30 @@ def run_peer_rows(prob: Problem, noise: torch.Tensor, nfe: int, split: str = "te
 
 
 def overhead(batch: int, dim: int, steps: int, repeats: int) -> Dict[str, float]:
-    """Seconds per step with a trivial denoiser (zeros): polydiff dpmpp_2m vs diffusers, same process."""
+    """Seconds per step with a trivial denoiser (zeros): polydiff dpmpp_2m vs diffusers, same process.
+
+    The two are timed alternately, ``repeats`` times each, and the medians compared, so that load
+    from other processes on a shared machine hits both alike.
+    """
     def trivial(x, t):
         return torch.zeros_like(x)
     noise = torch.randn(batch, dim)
-    times = []
+    try:
+        import peers
+    except ImportError:
+        peers = None
+    ours, theirs = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
         sample(trivial, noise, path=paths.VP(), solver="dpmpp_2m", steps=steps, grid="logsnr")
-        times.append((time.perf_counter() - t0) / steps)
-    res = {"polydiff_dpmpp_2m": statistics.median(times)}
-    try:
-        import peers
-        res["diffusers_dpmsolver_multistep"] = peers.diffusers_step_overhead(batch, dim, steps, repeats)
+        ours.append((time.perf_counter() - t0) / steps)
+        if peers is not None:
+            theirs.append(peers.diffusers_step_overhead(batch, dim, steps, 1))
+    res = {"polydiff_dpmpp_2m": statistics.median(ours)}
+    if theirs:
+        res["diffusers_dpmsolver_multistep"] = statistics.median(theirs)
         res["ratio"] = res["polydiff_dpmpp_2m"] / res["diffusers_dpmsolver_multistep"]
-    except ImportError:
-        pass
     return res
-
 
 def best(rows: List[Row], library_filter, nfe: int, problem: str) -> Optional[Row]:
     cands = [r for r in rows if library_filter(r.library) and r.nfe <= nfe and r.problem == problem
@@ -265,7 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 rep_noise = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
                 rows += run_polydiff(prob, rep_noise, fit_noise, chosen, nfe, "repeat", fitted)
                 rows += run_peer_rows(prob, rep_noise, nfe, "repeat")
-    ovh = overhead(200_000, 16, 20, 3)
+    ovh = overhead(200_000, 16, 20, 7)
     lines = report(rows, problems, ovh, args, time.time() - started)
     text = "\n".join(lines)
     print(text)
