@@ -293,49 +293,21 @@ def diffusers_step_overhead(batch: int, dim: int, steps: int, repeats: int) -> f
 
 
 if __name__ == "__main__":
-    import math
+    from polydiff.core import analytic
 
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
-
-    # 2-D ring mixture: 8 means on a radius-4 circle, std 0.3, unequal weights.
-    angles = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
-    mu = 4.0 * torch.stack([angles.cos(), angles.sin()], 1)  # (K, d)
-    s2 = torch.full((8,), 0.3**2, dtype=torch.float64)  # (K,)
-    weights = torch.arange(1, 9, dtype=torch.float64)
-    logw = (weights / weights.sum()).log()  # (K,)
-    d = mu.shape[1]
-
-    def posterior(x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> tuple:
-        """Exact E[x0|x], E[eps|x] for x = a*x0 + s*eps under the mixture (core.md section 3)."""
-        x = x.double()
-        a, s = a.reshape(-1, 1, 1), s.reshape(-1, 1, 1)
-        var = a**2 * s2[None, :, None] + s**2  # (n|1, K, 1)
-        r = x[:, None, :] - a * mu[None]  # (n, K, d)
-        logr = logw[None] - 0.5 * (r**2).sum(-1) / var[..., 0] - 0.5 * d * torch.log(var[..., 0])
-        resp = torch.softmax(logr, 1)[..., None]
-        x0 = (resp * (mu[None] + a * s2[None, :, None] / var * r)).sum(1)
-        eps = (resp * (s / var * r)).sum(1)
-        return x0, eps
-
-    def log_density(x: torch.Tensor) -> torch.Tensor:
-        """Exact mixture log-density of each row of x."""
-        r2 = ((x.double()[:, None, :] - mu[None]) ** 2).sum(-1)  # (n, K)
-        comp = logw - 0.5 * r2 / s2 - 0.5 * d * torch.log(2 * math.pi * s2)
-        return torch.logsumexp(comp, 1)
-
+    gmm = analytic.ring_mixture(2)   # 8 means on a radius-4 circle, std 0.3, unequal weights
     n = 2000
-    ks = torch.multinomial(logw.exp(), n, replacement=True, generator=gen)
-    exact = mu[ks] + s2[ks, None].sqrt() * torch.randn(n, d, dtype=torch.float64, generator=gen)
-    exact_lp = log_density(exact).mean().item()
-    noise = torch.randn(n, d, generator=gen)
+    exact_lp = gmm.log_prob(gmm.sample(n, gen)).mean().item()
+    noise = torch.randn(n, 2, generator=gen)
 
     print(f"available: {available()}")
     print(f"exact samples: E[log p] = {exact_lp:.3f}")
     print(f"{'library':<14} {'sampler':<44} {'NFE':>4} {'E[log p]':>10} {'gap':>9} {'seconds':>8}")
     for budget in (5, 10, 20):
-        for run in run_peers(posterior, noise, budget):
-            lp = log_density(run.samples).mean().item()
+        for run in run_peers(gmm.denoise_and_eps, noise, budget):
+            lp = gmm.log_prob(run.samples.double()).mean().item()
             print(f"{run.library:<14} {run.sampler:<44} {run.nfe:>4} {lp:>10.3f} "
                   f"{lp - exact_lp:>+9.3f} {run.seconds:>8.4f}")
         print()

@@ -84,7 +84,7 @@ class Problem:
         return self.sw(x), float(self.gmm.log_prob(x.double()).mean()) - self.logp_exact
 
     def posterior(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
-        return self.gmm.denoise(x, a, s), self.gmm.eps(x, a, s)
+        return self.gmm.denoise_and_eps(x, a, s)
 
 
 def polydiff_configs(quick: bool) -> List[Tuple[str, str, str]]:

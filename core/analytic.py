@@ -107,16 +107,27 @@ class GaussianMixture:
         """p(component k | x) as (n, K)."""
         return self._components(x, alpha, sigma)[2].exp().to(x.dtype)
 
+    def _x0_mean(self, comps) -> Tensor:
+        r, v, logr, _, a, _ = comps
+        mean_k = self.means.to(r.device)[None] + self._unrotate(a * self.eig.to(r.device)[None] / v * r)
+        return (logr.exp()[..., None] * mean_k).sum(1)
+
+    def _eps_mean(self, comps) -> Tensor:
+        r, v, logr, _, _, s = comps
+        return (logr.exp()[..., None] * self._unrotate(s / v * r)).sum(1)
+
     def denoise(self, x: Tensor, alpha: Coef, sigma: Coef) -> Tensor:
         """E[x0 | x] for x = alpha x0 + sigma eps."""
-        r, v, logr, _, a, _ = self._components(x, alpha, sigma)
-        mean_k = self.means.to(r.device)[None] + self._unrotate(a * self.eig.to(r.device)[None] / v * r)
-        return (logr.exp()[..., None] * mean_k).sum(1).to(x.dtype)
+        return self._x0_mean(self._components(x, alpha, sigma)).to(x.dtype)
 
     def eps(self, x: Tensor, alpha: Coef, sigma: Coef) -> Tensor:
         """E[eps | x] for x = alpha x0 + sigma eps (finite at sigma -> 0 only where alpha > 0)."""
-        r, v, logr, _, _, s = self._components(x, alpha, sigma)
-        return (logr.exp()[..., None] * self._unrotate(s / v * r)).sum(1).to(x.dtype)
+        return self._eps_mean(self._components(x, alpha, sigma)).to(x.dtype)
+
+    def denoise_and_eps(self, x: Tensor, alpha: Coef, sigma: Coef) -> tuple[Tensor, Tensor]:
+        """(E[x0 | x], E[eps | x]) from one pass over the components (both finite at alpha = 0 and sigma = 0)."""
+        comps = self._components(x, alpha, sigma)
+        return self._x0_mean(comps).to(x.dtype), self._eps_mean(comps).to(x.dtype)
 
     def score(self, x: Tensor, alpha: Coef, sigma: Coef) -> Tensor:
         """grad_x log p(x) for x = alpha x0 + sigma eps."""

@@ -2,7 +2,6 @@
 import pathlib
 import sys
 
-import pytest
 import torch
 
 torch.set_num_threads(1)

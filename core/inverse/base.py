@@ -20,7 +20,7 @@ import torch
 
 from ..grids import resolve_grid
 from ..paths import Path, get_path
-from .operators import LEVELS, LinearOperator, Operator, level_rank
+from .operators import LEVELS, Operator, level_rank
 
 Tensor = torch.Tensor
 

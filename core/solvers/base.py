@@ -120,10 +120,6 @@ class Context:
             return float(v.reshape(-1)[0])
         return v.to(self.x_dtype).reshape(self._view)
 
-    def point(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(alpha, sigma, clipped lambda) at arbitrary times t (rows like ``self.t[i]``)."""
-        return self.path.alpha(t), self.path.sigma(t), self.path.logsnr(t).clamp(-LOGSNR_CLIP, LOGSNR_CLIP)
-
     def time_at_logsnr(self, lam: Tensor) -> Tensor:
         return self.path.t_from_logsnr(lam).to(self.cdtype)
 

@@ -39,16 +39,19 @@ def ddim(ctx: Context, x: Tensor, eta: float = 0.0) -> Tensor:
         raise ValueError(f"eta must be >= 0, got {eta}")
     for i in range(ctx.n):
         D = ctx.denoise(x, i)
-        if ctx.ends_at_data[i] or eta == 0:
-            x = _first_order(ctx, i, x, D)
-        else:
-            a_s, s_s, a_t, s_t = ctx.alpha[i], ctx.sigma[i], ctx.alpha[i + 1], ctx.sigma[i + 1]
-            e = ctx.exp_neg_h(i)
-            c = (eta * s_t * torch.sqrt((1 - e * e).clamp_min(0))).clamp(max=s_t)
-            keep = torch.sqrt((s_t * s_t - c * c).clamp_min(0))
-            x = ctx.lin((keep / s_s, x), (a_t - keep * a_s / s_s, D), (c, ctx.randn(x)))
+        x = _first_order(ctx, i, x, D) if ctx.ends_at_data[i] or eta == 0 else _ddim_step(ctx, i, x, D, eta)
         ctx.report(i, x, D)
     return x
+
+
+def _ddim_step(ctx: Context, i: int, x: Tensor, D: Tensor, eta: float) -> Tensor:
+    """x_t = alpha_t D + sqrt(sigma_t^2 - c^2) eps-hat + c z with c = eta sigma_t sqrt(1 - e^{-2h});
+    eta = 1 is the exact ancestral step q(x_t | x_s, x0 = D), valid from zero SNR too."""
+    a_s, s_s, a_t, s_t = ctx.alpha[i], ctx.sigma[i], ctx.alpha[i + 1], ctx.sigma[i + 1]
+    e = ctx.exp_neg_h(i)
+    c = (eta * s_t * torch.sqrt((1 - e * e).clamp_min(0))).clamp(max=s_t)
+    keep = torch.sqrt((s_t * s_t - c * c).clamp_min(0))
+    return ctx.lin((keep / s_s, x), (a_t - keep * a_s / s_s, D), (c, ctx.randn(x)))
 
 
 @register("ddpm", nfe_per_step=1, order=1, stochastic=True)

@@ -13,17 +13,9 @@ import math
 import torch
 
 from .base import Context, register
-from .exponential import _dpm2_step, _first_order, ddim
+from .exponential import _ddim_step, _dpm2_step, _first_order
 
 Tensor = torch.Tensor
-
-
-def _ancestral_step(ctx: Context, i: int, x: Tensor, D: Tensor) -> Tensor:
-    a_s, s_s, a_t, s_t = ctx.alpha[i], ctx.sigma[i], ctx.alpha[i + 1], ctx.sigma[i + 1]
-    e = ctx.exp_neg_h(i)
-    c = s_t * torch.sqrt((1 - e * e).clamp_min(0))
-    keep = s_t * e
-    return ctx.lin((keep / s_s, x), (a_t - keep * a_s / s_s, D), (c, ctx.randn(x)))
 
 
 def _em_step(ctx: Context, i: int, x: Tensor, D: Tensor) -> Tensor:
@@ -32,7 +24,7 @@ def _em_step(ctx: Context, i: int, x: Tensor, D: Tensor) -> Tensor:
         return _first_order(ctx, i, x, D)
     t = ctx.t[i]
     if ctx.starts_at_zero_snr[i]:
-        return _ancestral_step(ctx, i, x, D)
+        return _ddim_step(ctx, i, x, D, eta=1.0)
     a, s = ctx.alpha[i], ctx.sigma[i]
     f = ctx.path.d_alpha(t) / a
     g2 = -2.0 * s * s * ctx.path.d_logsnr(t)
@@ -123,4 +115,4 @@ def edm(ctx: Context, x: Tensor, s_churn: float = 40.0, s_tmin: float = 0.05, s_
     return x
 
 
-__all__ = ["euler_maruyama", "pc", "edm", "ddim"]
+__all__ = ["euler_maruyama", "pc", "edm"]
