@@ -292,7 +292,49 @@ def parser() -> argparse.ArgumentParser:
     sa.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     li = sub.add_parser("list", help="list registered names")
     li.add_argument("what", nargs="?", default="solvers", choices=["solvers", "paths", "nets", "discrete"])
+    add_domain_commands(sub)
     return ap
+
+
+# Domain task modules (polydiff.tasks.<module>) each define ``add_commands(verbs)``: ``verbs`` maps a verb
+# ("generate", "restore", "evaluate", "data", or a top-level command such as "speak") to a callable
+# ``add(name, **kwargs) -> ArgumentParser``; every parser they add sets ``func=handler(args) -> int``.
+# A module whose optional dependencies are missing is skipped, so the core CLI always works.
+DOMAIN_TASK_MODULES = ("images", "audio", "molecules")
+VERBS = {"generate": "generate samples with a domain's default model",
+         "restore": "solve an inverse problem (restoration) with a domain's default prior",
+         "evaluate": "evaluate a file of samples with a domain's metrics",
+         "data": "build or prepare a domain's datasets"}
+
+
+def add_domain_commands(sub: "argparse._SubParsersAction") -> None:
+    """Add the domain verbs (``polydiff generate images ...``) and domain top-level commands."""
+    import importlib
+    verb_subs: Dict[str, Any] = {}
+
+    def verb_adder(verb: str):
+        def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            if verb not in verb_subs:
+                vp = sub.add_parser(verb, help=VERBS[verb])
+                verb_subs[verb] = vp.add_subparsers(dest="domain", metavar="DOMAIN", required=True)
+            return verb_subs[verb].add_parser(name, **kwargs)
+        return add
+
+    def top_adder(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, **kwargs)
+
+    class Verbs(dict):
+        def __missing__(self, key: str):
+            return verb_adder(key) if key in VERBS else top_adder
+
+    for module in DOMAIN_TASK_MODULES:
+        try:
+            mod = importlib.import_module(f"polydiff.tasks.{module}")
+        except ModuleNotFoundError as e:     # the domain's optional dependencies are not installed
+            if e.name is None or e.name.startswith("polydiff") and e.name != f"polydiff.tasks.{module}":
+                raise
+            continue
+        mod.add_commands(Verbs())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -314,6 +356,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"wrote {args.out}" + (f" and {args.plot}" if args.plot else ""))
         elif args.command == "list":
             print(list_names(args.what))
+        elif hasattr(args, "func"):
+            return int(args.func(args) or 0)
     except ValueError as e:
         print(f"polydiff {args.command}: error: {e}", file=sys.stderr)
         return 2

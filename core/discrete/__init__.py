@@ -4,6 +4,7 @@
     proc = discrete.Masked(vocab_size=V)         # also Uniform(V), Marginal(probs), Hybrid(V, p_uniform=...)
     x1 = proc.prior_sample((B, L), generator=g)
     x0 = sample(D, x1, path=proc, solver="first_hitting", generator=g)   # D(x_t, t) -> logits (B, L, V)
+    x0 = sample(D, x1, path=proc, solver="remdm", steps=64, fixed=keep)  # infilling: keep x1 where keep (B, L)
 
 Conventions as for Gaussian paths: t in [0, 1], t = 0 data, t = 1 noise; per position
 q(x_t | x0) = alpha(t) onehot(x0) + (1 - alpha(t)) pi_t (``processes``). ``solvers()`` lists the

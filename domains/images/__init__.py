@@ -1,0 +1,1 @@
+"""polydiff.domains.images."""
