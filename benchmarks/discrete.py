@@ -646,7 +646,7 @@ def _groups(rows, model, process):
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the Markov chain only, fewer steps and samples (~3 min)")
+    ap.add_argument("--quick", action="store_true", help="the Markov chain only, fewer steps and samples (about 2 min)")
     ap.add_argument("--out", default=os.path.join(HERE, "out"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--n", type=int, default=None, help="samples per cell (default 100000; quick 20000)")
@@ -723,10 +723,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     with open(os.path.join(args.out, f"{stem}.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(args.out, f"{stem}.json"), "w") as f:
-        json.dump({"args": {k: v for k, v in vars(args).items()}, "seconds": times, **results}, f, indent=1)
+        json.dump(_jsonable({"args": vars(args), "seconds": times, **results}), f, indent=1)
     plot(results, args, os.path.join(args.out, "discrete.png"))
     print(f"\nwrote {args.out}/{stem}.md, {stem}.json, discrete.png")
     return 0
+
+
+def _jsonable(obj: Any) -> Any:
+    """The results as JSON: tuple keys such as (model, process, sampler) joined with '/'."""
+    if isinstance(obj, dict):
+        return {("/".join(map(str, k)) if isinstance(k, tuple) else k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    return obj
 
 
 if __name__ == "__main__":

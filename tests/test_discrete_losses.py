@@ -167,7 +167,7 @@ def test_bad_input_is_refused_clearly():
     loss = discrete.ContinuousELBO(proc)
     with pytest.raises(ValueError, match="x0 has token ids out of range \\[0, 3\\).*mask id 3"):
         loss(D, torch.tensor([[0, 1, 3, 2]]))
-    with pytest.raises(ValueError, match="expected logits \\(2, 4, 3\\)"):
+    with pytest.raises(ValueError, match="logits must have shape \\(2, 4, 3\\)"):
         loss(lambda x, t: torch.zeros(2, 4, 4), X0[:2])
     with pytest.raises(ValueError, match="x_t shape"):
         loss.nelbo_at(D, X0, torch.full((3,), 0.5), X0[:, :2])

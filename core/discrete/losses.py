@@ -64,15 +64,8 @@ class DiscreteLoss:
         return self.process.check_tokens(x0, "x0", data_only=True)
 
     def _logits(self, net: Callable[..., Tensor], x_t: Tensor, t: Tensor, cond: Dict[str, Any]) -> Tensor:
-        out = net(x_t, t, **cond)
-        V = self.process.vocab_size
-        if not isinstance(out, Tensor) or out.shape != x_t.shape + (V,):
-            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the network returned {shape} for tokens {tuple(x_t.shape)}; expected logits "
-                             f"{tuple(x_t.shape) + (V,)} over the data symbols")
-        if not out.is_floating_point():
-            raise ValueError(f"the network must return floating-point logits, got {out.dtype}")
-        return out
+        return self.process.check_per_symbol(net(x_t, t, **cond), x_t, "the network's logits",
+                                             f" for tokens {tuple(x_t.shape)}")
 
     def _log_probs(self, logits: Tensor, x_t: Tensor) -> Tensor:
         """log p(x0 | x_t) per position (B, L, V) (``samplers.x0_log_probs``: carry-over for masked processes)."""

@@ -234,14 +234,17 @@ class Process:
             raise ValueError(f"{what} must lie in [0, 1]")
         return t
 
-    def _check_probs(self, x0_probs: Tensor, x_t: Tensor) -> Tensor:
-        if not isinstance(x0_probs, Tensor) or x0_probs.shape != x_t.shape + (self.vocab_size,):
-            shape = tuple(x0_probs.shape) if isinstance(x0_probs, Tensor) else type(x0_probs).__name__
-            raise ValueError(f"x0_probs must have shape {tuple(x_t.shape) + (self.vocab_size,)} "
-                             f"(B, L, vocab_size), got {shape}")
-        if not x0_probs.is_floating_point():
-            raise ValueError(f"x0_probs must be floating point, got {x0_probs.dtype}")
-        return x0_probs
+    def check_per_symbol(self, values: Tensor, x_t: Tensor, what: str = "x0_probs", hint: str = "") -> Tensor:
+        """Check that ``values`` is a floating tensor of shape x_t.shape + (vocab_size,): one entry per data
+        symbol at each position (logits or probabilities over x0). The one check of that contract."""
+        want = tuple(x_t.shape) + (self.vocab_size,)
+        if not isinstance(values, Tensor) or tuple(values.shape) != want:
+            shape = tuple(values.shape) if isinstance(values, Tensor) else type(values).__name__
+            raise ValueError(f"{what} must have shape {want} (B, L, vocab_size) over the data symbols, "
+                             f"got {shape}{hint}")
+        if not values.is_floating_point():
+            raise ValueError(f"{what} must be floating point, got {values.dtype}")
+        return values
 
     # ---------------------------------------------------------------- forward marginals
     def marginal(self, x0: Tensor, t: TimeLike) -> Tensor:
@@ -306,7 +309,7 @@ class Process:
         posterior q(x_s | x_t, x0). Computed in x0_probs' dtype (differentiable).
         """
         self.check_tokens(x_t)
-        self._check_probs(x0_probs, x_t)
+        self.check_per_symbol(x0_probs, x_t)
         s = self._batch_time(s, x_t.shape[0], x_t.device, "s")
         t = self._batch_time(t, x_t.shape[0], x_t.device, "t")
         if (s >= t).any():
@@ -339,7 +342,7 @@ class Process:
         """The concrete-score ratios p_t(x with position l set to y) / p_t(x) implied by x0_probs:
         sum_x0 p(x0 | x_t) q_t(y | x0) / q_t(x_t,l | x0), shape (B, L, S) (1 at y = x_t,l)."""
         self.check_tokens(x_t)
-        self._check_probs(x0_probs, x_t)
+        self.check_per_symbol(x0_probs, x_t)
         t = self._batch_time(t, x_t.shape[0], x_t.device)
         return self._ratios(x_t, x0_probs, t)
 
@@ -355,7 +358,7 @@ class Process:
         (Campbell et al., "A Continuous Time Framework for Discrete Denoising Models", NeurIPS 2022).
         Needs alpha(t) > 0 (the forward rates are infinite at alpha = 0) except for Masked."""
         self.check_tokens(x_t)
-        self._check_probs(x0_probs, x_t)
+        self.check_per_symbol(x0_probs, x_t)
         t = self._batch_time(t, x_t.shape[0], x_t.device)
         return self._reverse_rates(x_t, x0_probs, t)
 

@@ -109,12 +109,7 @@ def x0_probs(logits: Tensor, x_t: Tensor, process: Process, temperature: float =
     position's x0 is its token (MDLM's carry-over, Sahoo et al. 2024), whatever the logits say.
     """
     process.check_tokens(x_t)
-    if not isinstance(logits, Tensor) or logits.shape != x_t.shape + (process.vocab_size,):
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise ValueError(f"logits must have shape {tuple(x_t.shape) + (process.vocab_size,)} (B, L, vocab_size) "
-                         f"over the data symbols, got {shape}")
-    if not logits.is_floating_point():
-        raise ValueError(f"logits must be floating point, got {logits.dtype}")
+    process.check_per_symbol(logits, x_t, "logits")
     _check_x0_options(temperature, top_k, top_p, process.vocab_size)
     return _x0_probs(logits, x_t, process, float(temperature), top_k, None if top_p is None else float(top_p))
 
