@@ -12,12 +12,22 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
+# system packages: Debian's flite (speech corpus synthesis) and espeak-ng, installed with apt when missing
+SYSPKGS := flite espeak-ng
+$(VENV)/.sys: | $(PY)
+	@missing=""; for p in $(SYSPKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing with apt"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  ($$SUDO apt-get install -y -qq $$missing || ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing)) >/dev/null \
+	  || { echo "could not install$$missing (Debian/Ubuntu: apt-get install -y$$missing)"; exit 1; }; fi
+	@touch $@
+
 # one stamp per extra, so the tests never wait for the benchmark's peers
-$(VENV)/.test: pyproject.toml | $(PY)
+$(VENV)/.test: pyproject.toml | $(PY) $(VENV)/.sys
 	$(PY) -m pip install -q -e ".[test]"
 	@touch $@
 
-$(VENV)/.bench: pyproject.toml | $(PY)
+$(VENV)/.bench: pyproject.toml | $(PY) $(VENV)/.sys
 	$(PY) -m pip install -q -e ".[test,bench]"
 	@touch $@
 

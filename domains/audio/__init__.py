@@ -1,1 +1,13 @@
-"""polydiff.domains.audio."""
+"""polydiff.domains.audio: speech and audio on the shared core.
+
+Modules (import them directly; nothing heavy is imported here):
+
+* ``io``: read/write with soundfile, mono conversion, resampling, checks for empty, silent, clipped audio.
+* ``features``: log-mel (16 kHz, n_fft 1024, hop 256, 80 mels), Griffin-Lim, SGMSE+ compressed STFT.
+* ``text``: text normalization, characters and CMU-dictionary phonemes (pocketsphinx's copy).
+* ``corpus``: an LJSpeech-format corpus synthesized with Debian's flite; the LJSpeech loader.
+* ``metrics``: WER/CER with pocketsphinx, MCD with DTW, F0 RMSE, PESQ, ESTOI, SI-SDR, real-time factor.
+
+Not built yet (issue 7): the Grad-TTS model, the diffusion vocoder, speech enhancement, and the
+``polydiff speak`` / ``polydiff enhance`` commands.
+"""
