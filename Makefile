@@ -25,10 +25,12 @@ $(VENV)/.sys: | $(PY)
 # one stamp per extra, so the tests never wait for the benchmark's peers
 $(VENV)/.test: pyproject.toml | $(PY) $(VENV)/.sys
 	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps "molsets==0.3.1"
 	@touch $@
 
 $(VENV)/.bench: pyproject.toml | $(PY) $(VENV)/.sys
 	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m pip install -q --no-deps "molsets==0.3.1"
 	@touch $@
 
 ## main job: the solver benchmark's quick mode (table on stdout, plot and tables under benchmarks/out/)
