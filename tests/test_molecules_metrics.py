@@ -71,11 +71,11 @@ def test_self_similarity_is_perfect(moses_mols):
 
 def test_fcd_of_a_set_with_itself_is_zero_and_other_set_is_not(moses_mols):
     st = metrics.fcd_stats(moses_mols[:30])
-    assert metrics.frechet_distance(st["mu"], st["sigma"], st["mu"], st["sigma"]) == pytest.approx(0.0, abs=1e-3)
+    assert metrics.gaussian_frechet_distance(st["mu"], st["sigma"], st["mu"], st["sigma"]) == pytest.approx(0.0, abs=1e-3)
     far = ["C" * n for n in range(1, 31)]
     assert metrics.fcd(far, st) > 10.0
     # Frechet distance of 1-D Gaussians: (m1-m2)^2 + (s1-s2)^2
-    assert metrics.frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([0.0]), np.array([[1.0]])) == \
+    assert metrics.gaussian_frechet_distance(np.array([1.0]), np.array([[4.0]]), np.array([0.0]), np.array([[1.0]])) == \
         pytest.approx(1.0 + 1.0)
 
 

@@ -33,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from polydiff.core.metrics import frechet_distance   # the one implementation (re-exported here)
+
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "evaluators"
 NAMES = ("digits",)
 NUM_CLASSES = {"digits": 10}
@@ -242,32 +244,6 @@ def features(images: Tensor, net: Optional[nn.Module] = None, batch_size: int = 
 
 
 # ---------------------------------------------------------------- Fréchet distance, precision/recall
-def _cov_factor(x: np.ndarray) -> np.ndarray:
-    """A factor F with F^T F = the unbiased sample covariance of x (N, D): the centred data over
-    sqrt(N - 1), compressed to its (D, D) R factor by a QR decomposition when N > D."""
-    f = (x - x.mean(0)) / math.sqrt(x.shape[0] - 1)
-    return np.linalg.qr(f, mode="r") if f.shape[0] > f.shape[1] else f
-
-
-def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets (Heusel et al. 2017, FID):
-    |m_a - m_b|^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), with unbiased sample covariances.
-
-    Computed without a matrix square root: with factors S_a = F_a^T F_a and S_b = F_b^T F_b, the
-    eigenvalues of S_a^1/2 S_b S_a^1/2 are the squared singular values of F_a F_b^T, so the trace
-    term is the nuclear norm of F_a F_b^T (exact to round-off, no sqrt of tiny eigenvalues, no
-    complex parts as with scipy's sqrtm). F is the centred data when N <= D (a 3-sample 2048-d FID is
-    a 3x3 SVD) and its QR factor otherwise; singular covariances are fine."""
-    a, b = _check_features(feats_a, "feats_a"), _check_features(feats_b, "feats_b")
-    if a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
-    a, b = a.numpy(), b.numpy()
-    fa, fb = _cov_factor(a), _cov_factor(b)
-    cross = np.linalg.svd(fa @ fb.T, compute_uv=False).sum()
-    fd = float(((a.mean(0) - b.mean(0)) ** 2).sum() + (fa ** 2).sum() + (fb ** 2).sum() - 2.0 * cross)
-    return max(fd, 0.0)
-
-
 def fid(images_a: Tensor, images_b: Tensor, net: Optional[nn.Module] = None) -> float:
     """Fréchet distance between two image sets in the feature space of ``net`` (default: the shipped
     digits feature network, so this is a "Fréchet digit distance", not the Inception FID of papers;
