@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from . import mean_reverting as _mr
 from .paths import LOGSNR_CLIP, Path
 
 Tensor = torch.Tensor
@@ -119,6 +120,8 @@ class Denoiser(torch.nn.Module):
     Other kinds call ``net(x, t, **cond)`` with t of shape (B,).
 
     eps prediction cannot recover x0 where alpha = 0 (zero terminal SNR): use v/x0/velocity there.
+    On a mean-reverting path (``paths.MeanReverting``) D is called with the prior mean as ``mu=`` and
+    the network gets the Gaussian-path state x~ = x - (1 - alpha) mu (mu stays in its conditioning).
     """
 
     def __init__(self, net: Callable[..., Tensor], path: Path, prediction: str = "eps",
@@ -150,6 +153,11 @@ class Denoiser(torch.nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, **cond: Any) -> Tensor:
         t = per_sample_t(t, x)
+        if _mr.is_mean_reverting(self.path):   # the network sees x~ = x - (1 - alpha) mu (and mu in cond)
+            if _mr.MEAN_KEY not in cond:
+                raise ValueError(f"{self.path!r} is mean-reverting: call the denoiser with its prior mean as "
+                                 f"the keyword {_mr.MEAN_KEY!r}")
+            x = _mr.to_gaussian(self.path, x, cond[_mr.MEAN_KEY], t)
         net_x, net_t, coefs = self.network_input(x, t)
         return self.output_to_x0(self.net(net_x, net_t, **cond), x, coefs)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Union
 
 import torch
 
-from .paths import Path, get_path
+from .paths import Path, get_path, require_gaussian
 from .solvers.ode import odeint_dopri5
 
 Tensor = torch.Tensor
@@ -92,7 +92,7 @@ def nll(denoiser: Callable[..., Tensor], x: Tensor, *, path: Union[Path, str],
     The denoiser must treat samples independently; nothing is differentiable w.r.t. its parameters.
     Bits per dimension ignore dequantisation (continuous data).
     """
-    path = get_path(path)
+    path = require_gaussian(get_path(path), "likelihood.nll")
     if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 2 or x.shape[0] < 1:
         raise ValueError("x must be a floating-point tensor of shape (B, d, ...) with B >= 1")
     if not bool(torch.isfinite(x).all()):

@@ -18,6 +18,14 @@ Time samplers draw the training times with an explicit generator: uniform in t, 
 (Esser et al., "Scaling Rectified Flow Transformers", ICML 2024) and EDM's log-normal in
 sigma / alpha. All are confined to [t_min, t_max] (default [1e-5, 1 - 1e-5]) so that SNR, targets and
 weights stay finite at the path's ends.
+
+Mean-reverting paths (``paths.MeanReverting``, x_t = alpha x0 + (1 - alpha) mu + sigma eps) take the
+prior mean as the conditioning keyword ``mu``. The network is trained on the Gaussian-path state
+x~ = alpha x0 + sigma eps (as ``Denoiser`` feeds it) with mu in its conditioning; the targets are
+unchanged because x~_0 = x0 and the score of x_t is the score of x~_t. Grad-TTS's decoder loss
+(Popov et al., ICML 2021, Eq. 14: || sigma_t s(x_t) + eps ||^2) is
+``DiffusionLoss(MeanRevertingVP(), prediction="score", weighting="snr")``, and SGMSE+'s
+(Richter et al., TASLP 2023) the same on ``OUVE()`` with ``UniformTime(t_min=0.03)``.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ from typing import Any, Callable, Dict, Optional, Type, Union
 
 import torch
 
+from . import mean_reverting as _mr
 from .denoiser import PREDICTIONS, Denoiser, coefficients, target_from_x0, x0_error_factor
 from .paths import Path, get_path
 
@@ -167,10 +176,15 @@ class DiffusionLoss:
         if t.shape != (x0.shape[0],) or eps.shape != x0.shape:
             raise ValueError(f"need t of shape ({x0.shape[0]},) and eps of shape {tuple(x0.shape)}, "
                              f"got {tuple(t.shape)} and {tuple(eps.shape)}")
+        mu = None
+        if _mr.is_mean_reverting(self.path):
+            mu = _mr.check_mean(self.path, cond, x0, "DiffusionLoss", check_finite=False)
+            cond = {**cond, _mr.MEAN_KEY: mu}
         coefs = coefficients(self.path, t, x0)
-        x = coefs[0] * x0 + coefs[1] * eps
+        x = coefs[0] * x0 + coefs[1] * eps     # on a mean-reverting path: x~ = x_t - (1 - alpha) mu
         if self.prediction == "edm":     # D = c_skip x + c_out F(c_in x, c_noise): compared through D
-            out = Denoiser(net, self.path, "edm", self.sigma_data)(x, t, **cond)
+            x_in = x if mu is None else _mr.from_gaussian(self.path, x, mu, t)
+            out = Denoiser(net, self.path, "edm", self.sigma_data)(x_in, t, **cond)
         else:
             out = net(x, t.to(x0.dtype), **cond)
         if out.shape != x0.shape:

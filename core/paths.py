@@ -12,7 +12,10 @@ and VE; Nichol & Dhariwal, "Improved DDPM" (ICML 2021) for the cosine schedule; 
 "Elucidating the Design Space of Diffusion-Based Generative Models" (NeurIPS 2022) for EDM;
 Liu et al. / Lipman et al. (ICLR 2023) for rectified flow / conditional OT; Lin et al., "Common
 Diffusion Noise Schedules and Sample Steps are Flawed" (WACV 2024) for zero terminal SNR; Esser et
-al., "Scaling Rectified Flow Transformers" (ICML 2024) for the resolution shift.
+al., "Scaling Rectified Flow Transformers" (ICML 2024) for the resolution shift; Popov et al.,
+"Grad-TTS" (ICML 2021) and Richter et al., "Speech Enhancement and Dereverberation with
+Diffusion-Based Generative Models" (TASLP 2023) for the mean-reverting paths, whose mean is a
+conditioning signal mu (``MeanReverting``).
 """
 from __future__ import annotations
 
@@ -359,6 +362,9 @@ class Shifted(Path):
     def __init__(self, base: Path, shift: float) -> None:
         if shift <= 0:
             raise ValueError(f"shift must be > 0, got {shift}")
+        if isinstance(base, MeanReverting):
+            raise ValueError(f"shift the Gaussian base of a mean-reverting path instead: "
+                             f"MeanReverting(Shifted({base.base!r}, {shift}))")
         # the warp must stay inside [0, 1]: shifting towards noise needs lambda(1) = -inf, towards data
         # lambda(0) = +inf (otherwise alpha, sigma would saturate while the log-SNR moves on)
         end = 1.0 if shift > 1 else 0.0
@@ -428,6 +434,9 @@ class ZeroTerminalSNR(Path):
     variance_preserving = True
 
     def __init__(self, base: Path) -> None:
+        if isinstance(base, MeanReverting):
+            raise ValueError(f"rescale the Gaussian base of a mean-reverting path instead: "
+                             f"MeanReverting(ZeroTerminalSNR({base.base!r}))")
         if not base.variance_preserving:
             raise ValueError(f"ZeroTerminalSNR needs a variance-preserving path, got {base!r}")
         self.base = base
@@ -470,12 +479,186 @@ class ZeroTerminalSNR(Path):
         return {"name": "ZeroTerminalSNR", "base": self.base.config()}
 
 
+class MeanReverting(Path):
+    """A mean-reverting (Ornstein-Uhlenbeck) path toward a conditioning signal mu:
+
+        x_t = alpha(t) x0 + (1 - alpha(t)) mu + sigma(t) eps,
+
+    the marginals of dx = f(t) (x - mu) dt + g(t) dW started at x0, with f = alpha'/alpha. mu is the
+    prior mean (Grad-TTS: the aligned text-encoder output; SGMSE+: the noisy spectrogram).
+
+    The shifted state x~ = x - (1 - alpha(t)) mu = alpha x0 + sigma eps is an ordinary Gaussian path
+    with the same alpha and sigma, and x~_0 = x0. So ``alpha``, ``sigma``, their derivatives,
+    ``logsnr``, ``t_from_logsnr`` and ``sigma_ve`` are the base path's, ``sde()`` returns the base's
+    (f, g^2) (here the drift acts on x - mu), and every solver and guidance wrapper runs unchanged on
+    x~ (``polydiff.core.mean_reverting`` does the shift).
+
+    Contract: mu travels as the conditioning keyword ``mu`` (same shape as x, or broadcastable):
+    a denoiser on this path is D(x, t, mu=mu, **cond) -> E[x0 | x_t = x] in the original
+    coordinates; ``sample``, ``Denoiser`` and ``DiffusionLoss`` read mu from the conditioning.
+
+    Prior: ``sample`` starts at x_1 = mu + sigma(1) eps, i.e. N(mu, sigma(1)^2 I). The exact marginal
+    has the extra term alpha(1) (x0 - mu), which the prior drops: exact when alpha(1) = 0, an error
+    of 0.0066 |x0 - mu| on Grad-TTS's path and e^-1.5 = 0.22 |x0 - mu| on OUVE (SGMSE+ makes the same
+    approximation). Grad-TTS's temperature tau is a noise scale: pass ``noise / tau``.
+
+    base: any Gaussian path (not itself mean-reverting). ``MeanRevertingVP`` (Grad-TTS) and ``OUVE``
+    (SGMSE+) are the two named instances. Wrap the other way round to shift or rescale a schedule:
+    ``MeanReverting(Shifted(base, s))``.
+    """
+
+    def __init__(self, base: Path) -> None:
+        if not isinstance(base, Path):
+            raise ValueError(f"MeanReverting needs a Gaussian path as base, got {type(base).__name__}")
+        if isinstance(base, MeanReverting):
+            raise ValueError(f"{base!r} is already mean-reverting")
+        self.base = base
+        self.variance_preserving = base.variance_preserving
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return self.base.alpha(t)
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        return self.base.sigma(t)
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return self.base.d_alpha(t)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        return self.base.d_sigma(t)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        return self.base.logsnr(t)
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        return self.base.d_logsnr(t)
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        return self.base.t_from_logsnr(lam)
+
+    def sde(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """(f, g^2) of the forward SDE dx = f(t) (x - mu) dt + g(t) dW (the base's coefficients)."""
+        return self.base.sde(t)
+
+    def mean_weight(self, t: TimeLike) -> Tensor:
+        """1 - alpha(t): the weight of mu in the mean of x_t."""
+        return 1.0 - self.alpha(t)
+
+    def config(self) -> dict:
+        return {"name": "MeanReverting", "base": self.base.config()}
+
+    def __repr__(self) -> str:
+        cfg = self.config()
+        cfg.pop("name")
+        args = {k: (self.base if k == "base" else v) for k, v in cfg.items()}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+
+
+class MeanRevertingVP(MeanReverting):
+    """Grad-TTS's path (Popov et al., "Grad-TTS: A Diffusion Probabilistic Model for Text-to-Speech",
+    ICML 2021, Eq. 1 and 3-4): dX = 1/2 (mu - X) beta(t) dt + sqrt(beta(t)) dW, beta linear from
+    beta_min = 0.05 to beta_max = 20 over t in [0, 1], prior N(mu, I).
+
+    Closed form: alpha = exp(-1/2 int_0^t beta), sigma^2 = 1 - alpha^2, i.e. the base is
+    ``VP("linear", beta_min, beta_max)``; alpha(1) = 0.0066 with the defaults.
+    """
+
+    def __init__(self, beta_min: float = 0.05, beta_max: float = 20.0) -> None:
+        super().__init__(VP("linear", beta_min, beta_max))
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+
+    def sde(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        """(f, g^2) = (-beta(t) / 2, beta(t)), finite at t = 0."""
+        beta = self.beta_min + _as_tensor(t) * (self.beta_max - self.beta_min)
+        return -0.5 * beta, beta
+
+    def config(self) -> dict:
+        return {"name": "MeanRevertingVP", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class _OUVEMarginals(Path):
+    """The Gaussian part of ``OUVE`` (the OU-VE process toward 0); see ``OUVE`` for the formulas."""
+
+    def __init__(self, gamma: float, sigma_min: float, sigma_max: float) -> None:
+        self.gamma, self.sigma_min, self.sigma_max = gamma, sigma_min, sigma_max
+        self._L = math.log(sigma_max / sigma_min)
+        self._c = sigma_min * sigma_min * self._L / (gamma + self._L)   # sigma^2 = c e^{-2 gamma t} expm1(k t)
+        self._k = 2.0 * (gamma + self._L)
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return torch.exp(-self.gamma * _as_tensor(t))
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return math.sqrt(self._c) * torch.exp(-self.gamma * t) * torch.sqrt(torch.expm1(self._k * t).clamp_min(0.0))
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        return -self.gamma * self.alpha(t)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        e = torch.expm1(self._k * t)
+        return self.sigma(t) * (-self.gamma + 0.5 * self._k * (e + 1.0) / e)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        return -0.5 * math.log(self._c) - 0.5 * torch.log(torch.expm1(self._k * _as_tensor(t)))
+
+    def d_logsnr(self, t: TimeLike) -> Tensor:
+        # -(k / 2) e^{kt} / expm1(kt) = -(k / 2) / (1 - e^{-kt})
+        return -0.5 * self._k / (-torch.expm1(-self._k * _as_tensor(t)))
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lam = _as_tensor(lam)
+        t = torch.nn.functional.softplus(-2.0 * lam - math.log(self._c)) / self._k
+        return t.clamp(0.0, 1.0)
+
+    def sde(self, t: TimeLike) -> tuple[Tensor, Tensor]:
+        t = _as_tensor(t)
+        g = self.sigma_min * torch.exp(self._L * t)
+        return torch.full_like(t, -self.gamma), 2.0 * self._L * g * g
+
+
+class OUVE(MeanReverting):
+    """SGMSE+'s Ornstein-Uhlenbeck variance-exploding path (Richter, Welker, Lemercier, Lay, Gerkmann,
+    "Speech Enhancement and Dereverberation with Diffusion-Based Generative Models", IEEE/ACM TASLP
+    2023, Eq. 6-9): dx = gamma (y - x) dt + sigma_min (sigma_max / sigma_min)^t sqrt(2 log(sigma_max /
+    sigma_min)) dW, with mu = y the noisy spectrogram; defaults gamma = 1.5, sigma_min = 0.05,
+    sigma_max = 0.5.
+
+    Closed forms (L = log(sigma_max / sigma_min)): alpha = e^{-gamma t};
+    sigma^2 = sigma_min^2 (e^{2 L t} - e^{-2 gamma t}) L / (gamma + L), written as
+    c e^{-2 gamma t} expm1(2 (gamma + L) t) for accuracy near t = 0; lambda and its inverse follow.
+    alpha(1) = e^{-gamma} is not small: see the prior note in ``MeanReverting``. SGMSE+ trains on
+    t in [0.03, 1] (``UniformTime(t_min=0.03)``).
+    """
+
+    def __init__(self, gamma: float = 1.5, sigma_min: float = 0.05, sigma_max: float = 0.5) -> None:
+        if not (gamma > 0 and 0 < sigma_min < sigma_max):
+            raise ValueError(f"need gamma > 0 and 0 < sigma_min < sigma_max, got {gamma}, {sigma_min}, {sigma_max}")
+        super().__init__(_OUVEMarginals(float(gamma), float(sigma_min), float(sigma_max)))
+        self.gamma, self.sigma_min, self.sigma_max = float(gamma), float(sigma_min), float(sigma_max)
+
+    def config(self) -> dict:
+        return {"name": "OUVE", "gamma": self.gamma, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
 _PATHS = {"vp": lambda: VP("linear"), "vp_linear": lambda: VP("linear"), "vp_cosine": lambda: VP("cosine"),
-          "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow}
+          "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow,
+          "grad_tts": MeanRevertingVP, "ouve": OUVE}
+
+
+def require_gaussian(path: Path, what: str) -> Path:
+    """Refuse a mean-reverting path where ``what`` does not handle its prior mean yet."""
+    if isinstance(path, MeanReverting):
+        raise ValueError(f"{what} does not support mean-reverting paths ({type(path).__name__}) yet; "
+                         f"use `sample(..., cond={{'mu': mu}})`, or run it on the shifted view "
+                         f"polydiff.core.mean_reverting.GaussianView(D, path) with path.base")
+    return path
 
 
 def get_path(name: Union[str, Path]) -> Path:
-    """A path by short name ('vp', 'vp_cosine', 'subvp', 've', 'edm', 'flow'), or the path itself."""
+    """A path by short name ('vp', 'vp_cosine', 'subvp', 've', 'edm', 'flow', and the mean-reverting
+    'grad_tts' and 'ouve'), or the path itself."""
     if isinstance(name, Path):
         return name
     try:
@@ -486,7 +669,8 @@ def get_path(name: Union[str, Path]) -> Path:
 
 #: the path classes a saved config may name (``path_from_config`` builds nothing else)
 PATH_CLASSES = {"VP": VP, "SubVP": SubVP, "VE": VE, "EDM": EDM, "Flow": Flow, "Shifted": Shifted,
-                "ZeroTerminalSNR": ZeroTerminalSNR}
+                "ZeroTerminalSNR": ZeroTerminalSNR, "MeanReverting": MeanReverting,
+                "MeanRevertingVP": MeanRevertingVP, "OUVE": OUVE}
 
 
 def path_from_config(cfg: dict) -> Path:
@@ -509,5 +693,5 @@ def path_from_config(cfg: dict) -> Path:
         raise ValueError(f"bad config for path {name!r}: {e}") from None
 
 
-__all__ = ["Path", "VP", "SubVP", "VE", "EDM", "Flow", "Shifted", "ZeroTerminalSNR", "get_path", "LOGSNR_CLIP",
-           "PATH_CLASSES", "path_from_config"]
+__all__ = ["Path", "VP", "SubVP", "VE", "EDM", "Flow", "Shifted", "ZeroTerminalSNR", "MeanReverting",
+           "MeanRevertingVP", "OUVE", "get_path", "LOGSNR_CLIP", "PATH_CLASSES", "path_from_config"]

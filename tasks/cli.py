@@ -255,7 +255,7 @@ def list_names(what: str) -> str:
                          for n, i in solvers().items())
     if what == "paths":
         from polydiff.core import paths
-        return "\n".join(sorted(paths.PATH_CLASSES)) + "\nshort names: vp, vp_cosine, subvp, ve, edm, flow"
+        return "\n".join(sorted(paths.PATH_CLASSES)) + "\nshort names: " + ", ".join(sorted(paths._PATHS))
     if what == "nets":
         from polydiff.core import nets
         return "\n".join(sorted(nets.NETS))

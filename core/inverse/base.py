@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 import torch
 
 from ..grids import resolve_grid
-from ..paths import Path, get_path
+from ..paths import Path, get_path, require_gaussian
 from .operators import LEVELS, Operator, level_rank
 
 Tensor = torch.Tensor
@@ -321,7 +321,7 @@ def posterior_sample(denoiser: Callable[..., Tensor], y: Tensor, operator: Opera
     noise = GaussianNoise(sigma_y) if noise is None else noise
     if noise.name not in info.noise_models:
         raise ValueError(f"method {method!r} supports noise models {info.noise_models}, not {noise.name!r}")
-    path = get_path(path)
+    path = require_gaussian(get_path(path), "posterior_sample")
     g = resolve_grid(info.default_grid if grid is None else grid, steps, path, y.shape[0])
     if g.shape[1] != 1:
         raise ValueError("posterior samplers take a grid shared by the batch (shape (N+1,))")

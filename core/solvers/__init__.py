@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..grids import resolve_grid
+from .. import mean_reverting as _mr
 from ..paths import Path, get_path
 from . import exponential, fitted, ode, stochastic  # noqa: F401  (registers the solvers)
 from .base import Context, SolverInfo, get_solver, register, solvers
@@ -40,6 +41,12 @@ def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, 
     Returns the samples in the dtype and device of ``noise``.
 
     Defaults: solver "dpmpp_2m" and grid "logsnr" on a Gaussian path.
+
+    Mean-reverting paths (``paths.MeanReverting``: x_t = alpha x0 + (1 - alpha) mu + sigma eps): the
+    prior mean is ``cond["mu"]`` (shaped like noise, or broadcastable), the denoiser is called as
+    D(x, t, mu=mu, **cond) in the original coordinates, the start is mu + sigma(t_start) * noise
+    (or ``x_init``), and the callback sees original-coordinate states. Every solver runs unchanged
+    on x~ = x - (1 - alpha) mu (``polydiff.core.mean_reverting``); the result is x at t_end (x0 at 0).
 
     Discrete processes: when ``path`` is a ``polydiff.core.discrete.Process``, ``noise`` is the
     starting tokens x1 (B, L) int64 (``path.prior_sample``), the denoiser returns logits (B, L, V)
@@ -76,15 +83,32 @@ def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, 
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     g = resolve_grid(grid, steps, path, noise.shape[0], t_start, t_end, **(grid_options or {}))
-    ctx = Context(denoiser, path, g, noise, cond or {}, generator, callback, check_finite)
+    cond = cond or {}
+    mu = None
+    if _mr.is_mean_reverting(path):             # run on x~ = x - (1 - alpha) mu, a Gaussian path
+        mu = _mr.check_mean(path, cond, noise, "sample")
+        cond = {**cond, _mr.MEAN_KEY: mu}
+        denoiser = _mr.GaussianView(denoiser, path)
+        if callback is not None:
+            user_callback = callback
+
+            def callback(i, t, x, x0):
+                return user_callback(i, t, _mr.from_gaussian(path, x, mu, t), x0)
+    ctx = Context(denoiser, path, g, noise, cond, generator, callback, check_finite)
     if x_init is not None:
         if x_init.shape != noise.shape:
             raise ValueError(f"x_init shape {tuple(x_init.shape)} differs from noise shape {tuple(noise.shape)}")
         x = x_init.to(noise.dtype, copy=True)     # solvers may overwrite their state in place
+        if mu is not None:
+            x = x.sub_(ctx.c(1.0 - ctx.alpha[0]) * mu)
+    elif mu is not None:                        # x_start = mu + sigma noise  =>  x~ = alpha mu + sigma noise
+        x = noise * ctx.c(ctx.sigma[0]) + ctx.c(ctx.alpha[0]) * mu
     else:
         x = noise * ctx.c(ctx.sigma[0])
-    x = info.fn(ctx, x, **options)
-    return ctx.finish(x)
+    x = ctx.finish(info.fn(ctx, x, **options))
+    if mu is not None:
+        x = x + ctx.c(1.0 - ctx.alpha[-1]) * mu
+    return x
 
 
 __all__ = ["sample", "solvers", "get_solver", "register", "Context", "SolverInfo"]

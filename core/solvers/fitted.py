@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..paths import Path, get_path
+from ..paths import Path, get_path, require_gaussian
 from .base import Context, get_solver, register
 
 Tensor = torch.Tensor
@@ -307,7 +307,7 @@ def fit_solver(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Pa
     """
     from ..grids import _fit_grid_to, make_grid, ode_reference
 
-    path = get_path(path)
+    path = require_gaussian(get_path(path), "fit_solver")
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not isinstance(noise, Tensor) or noise.dim() < 1 or not noise.is_floating_point():
