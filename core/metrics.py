@@ -32,7 +32,8 @@ def sliced_wasserstein(x: Tensor, y: Tensor, n_directions: int = 100, p: int = 2
 __all__ = ["sliced_wasserstein"]
 
 
-def _feature_matrix(f: Tensor, name: str) -> np.ndarray:
+def check_features(f: Tensor, name: str = "features") -> Tensor:
+    """A feature matrix (N >= 2, D), finite, as float64 on the CPU; a clear error otherwise."""
     if not isinstance(f, Tensor) or f.dim() != 2:
         shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
         raise ValueError(f"{name} must be a feature matrix of shape (N, D), got {shape}")
@@ -40,7 +41,7 @@ def _feature_matrix(f: Tensor, name: str) -> np.ndarray:
         raise ValueError(f"{name} needs at least 2 samples, got {f.shape[0]}")
     if not bool(torch.isfinite(f).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
-    return f.detach().double().cpu().numpy()
+    return f.detach().double().cpu()
 
 
 def _cov_factor(x: np.ndarray) -> np.ndarray:
@@ -60,7 +61,7 @@ def frechet_distance(feats_a: Tensor, feats_b: Tensor) -> float:
     complex parts as with scipy's sqrtm). F is the centred data when N <= D (a 3-sample 2048-d FID is
     a 3x3 SVD) and its QR factor otherwise; singular covariances are fine. For precomputed means and
     covariances use ``gaussian_frechet_distance``."""
-    a, b = _feature_matrix(feats_a, "feats_a"), _feature_matrix(feats_b, "feats_b")
+    a, b = check_features(feats_a, "feats_a").numpy(), check_features(feats_b, "feats_b").numpy()
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"feature dimensions differ: {a.shape[1]} and {b.shape[1]}")
     fa, fb = _cov_factor(a), _cov_factor(b)

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from polydiff.core.metrics import check_features as _check_features
 from polydiff.core.metrics import frechet_distance   # the one implementation (re-exported here)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "evaluators"
@@ -81,17 +82,6 @@ def _check_pair(a: Tensor, b: Tensor, names: Tuple[str, str] = ("a", "b")) -> Tu
         raise ValueError(f"{names[0]} and {names[1]} must have the same shape (N, C, H, W), got "
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     return a, b
-
-
-def _check_features(f: Tensor, name: str) -> Tensor:
-    if not isinstance(f, Tensor) or f.dim() != 2:
-        shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-        raise ValueError(f"{name} must be a feature matrix of shape (N, D), got {shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 samples, got {f.shape[0]}")
-    if not bool(torch.isfinite(f).all()):
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return f.detach().double().cpu()
 
 
 def _check_name(name: str) -> str:
