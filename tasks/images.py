@@ -84,9 +84,8 @@ def add_commands(verbs: Any) -> None:
     p.set_defaults(func=generate)
 
     # ------------------------------------------------------------------------------------------------
-    # RESTORE: `polydiff restore images --task inpaint-box --method diffpir input.png` goes here
-    # (verbs["restore"]("images", ...), set_defaults(func=restore)); added by the operators helper.
-    # ------------------------------------------------------------------------------------------------
+    from polydiff.domains.images.restore import add_restore_command
+    add_restore_command(verbs)
 
 
 __all__ = ["add_commands", "generate"]

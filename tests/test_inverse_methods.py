@@ -211,6 +211,16 @@ def test_reproducible_and_info(problem):
     assert methods()["tds"].cost(10, 4) == {"nfe": 40, "backward": 40}
 
 
+def test_daps_cost_counts_its_ode_steps_once(problem):
+    """DAPS costs levels x ode_steps evaluations: the stated cost equals the counted one."""
+    for ode_steps in (2, 5):
+        _, info = posterior_sample(problem["D"], problem["y"].expand(2, -1), MatrixOperator(problem["A"]),
+                                   path=problem["path"], method="daps", steps=4, sigma_y=0.5, ode_steps=ode_steps,
+                                   langevin_steps=2, return_info=True)
+        assert methods()["daps"].cost(4, ode_steps=ode_steps)["nfe"] == 4 * ode_steps
+        assert info["nfe"] <= 4 * ode_steps
+
+
 def test_other_operators_run(problem):
     D = GaussianMixture(torch.zeros(1, 6, dtype=DT), 1.0).denoiser(problem["path"])
     mask = MaskOperator(torch.tensor([1, 0, 1, 0, 1, 1], dtype=torch.bool))

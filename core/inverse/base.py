@@ -46,8 +46,9 @@ class MethodInfo:
     def cost(self, steps: int, particles: Optional[int] = None, **options: Any) -> Dict[str, int]:
         """Denoiser evaluations and backward passes per returned sample (upper bound)."""
         k = particles or 1
-        mult = options.get("ode_steps", self.options().get("ode_steps", 1)) if self.name == "daps" else 1
-        return {"nfe": steps * self.nfe_per_step * mult * k, "backward": steps * self.backward_per_step * k}
+        # daps: nfe_per_step is its default ode_steps; the actual count is the ode_steps option
+        per_step = options.get("ode_steps", self.options()["ode_steps"]) if self.name == "daps" else self.nfe_per_step
+        return {"nfe": steps * per_step * k, "backward": steps * self.backward_per_step * k}
 
 
 _REGISTRY: Dict[str, MethodInfo] = {}
