@@ -1,18 +1,32 @@
 """Molecule task commands for the ``polydiff`` CLI.
 
+    polydiff generate molecules -n N [--model moses-selfies] [--seed S] [--steps K] [--guidance qed]
+                                --out FILE(.sdf|.smi|.csv) [--no-metrics] [--no-fcd]
     polydiff evaluate molecules FILE [--train qm9|moses|FILE] [--reference moses|qm9|FILE]
                                      [--out metrics.json] [--no-fcd] [--largest-fragment]
 
-FILE is a SMILES (.smi/.txt/.csv) or SDF file. Unparsable records are counted as invalid and
+``generate`` writes the molecules by the output's extension: SDF (RDKit 2-D coordinates for string
+and 2-D models, the model's coordinates for 3-D ones), SMILES (one per line) or CSV (a ``smiles``
+column); every record is checked to read back as a valid molecule before it is written, so no
+invalid record is ever written. Next to FILE it writes ``<stem>.png`` (an RDKit grid of the first
+molecules) and ``<stem>.metrics.json``: the metrics of the file *as written*, read back with the same
+reader as ``evaluate molecules`` (so the two commands agree), against the model's training set
+(novelty) and reference set (FCD, SNN, ...). Models come from the ``GENERATORS`` registry; other code
+adds entries (``register_generator``).
+
+``evaluate`` takes a SMILES (.smi/.txt/.csv) or SDF file. Unparsable records are counted as invalid and
 reported (never dropped silently). The metrics table is printed; ``--out`` also writes it as JSON.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import rdkit  # noqa: F401  (the CLI skips this module when RDKit is not installed)
 
@@ -35,20 +49,196 @@ def _evaluate(args) -> int:
                            largest_fragment=True if args.largest_fragment else None, cache_dir=args.cache_dir)
     res["n_unparsable"] = report.n_skipped
     res["file"] = str(args.file)
-    width = max(len(k) for k in res)
-    for key, val in res.items():
-        txt = (f"{val:.4f}" if isinstance(val, float) and not math.isnan(val) else str(val))
-        print(f"{key:<{width}}  {txt}")
+    _print_table(res)
     if args.out:
         out = Path(args.out)
-        out.write_text(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                   for k, v in res.items()}, indent=2) + "\n")
+        _write_json(out, res)
         print(f"wrote {out}", file=sys.stderr)
     return 0
 
 
+def _print_table(res: Dict[str, Any]) -> None:
+    width = max(len(k) for k in res)
+    for key, val in res.items():
+        txt = (f"{val:.4f}" if isinstance(val, float) and not math.isnan(val) else str(val))
+        print(f"{key:<{width}}  {txt}")
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write, then the usual permissions of a user's file (umask applied; mkstemp makes 0600)."""
+    import os
+    from polydiff.domains.molecules.data import atomic_write_bytes
+    atomic_write_bytes(Path(path), data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _write_json(path: Path, res: Dict[str, Any]) -> None:
+    clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in res.items()}
+    _write(Path(path), (json.dumps(clean, indent=2) + "\n").encode())
+
+
+# ------------------------------------------------------------------ generate
+@dataclass
+class MoleculeGenerator:
+    """A registry entry of ``polydiff generate molecules --model NAME``.
+
+    load() returns an object with ``generate(n, steps=..., seed=..., guidance=...)`` returning n
+    SMILES strings or RDKit molecules (with a conformer for 3-D models); ``train`` / ``reference``
+    name the data sets for novelty and FCD/SNN/... (as ``metrics.evaluate`` accepts them);
+    ``three_d``: the SDF keeps the molecules' own coordinates instead of 2-D depictions;
+    ``guidance``: the names ``--guidance`` accepts."""
+    load: Callable[[], Any]
+    help: str
+    train: Optional[str] = None
+    reference: Optional[str] = None
+    three_d: bool = False
+    guidance: Sequence[str] = ()
+
+
+def _load_selfies() -> Any:
+    from polydiff.domains.molecules.selfies_model import pretrained
+    return pretrained("moses-selfies")
+
+
+GENERATORS: Dict[str, MoleculeGenerator] = {
+    "moses-selfies": MoleculeGenerator(_load_selfies, "SELFIES masked diffusion (MDLM) trained on MOSES",
+                                       train="moses", reference="moses", guidance=("qed",)),
+}
+OUTPUT_FORMATS = (".sdf", ".smi", ".csv")
+
+
+def register_generator(name: str, generator: MoleculeGenerator) -> None:
+    """Add a model to ``polydiff generate molecules --model`` (e.g. ``qm9-2d``, ``qm9-3d``)."""
+    if not isinstance(generator, MoleculeGenerator):
+        raise ValueError(f"generator must be a MoleculeGenerator, got {type(generator).__name__}")
+    GENERATORS[name] = generator
+
+
+def _as_mols(items: Sequence[Any]) -> List[Any]:
+    """Sanitized RDKit molecules of generated SMILES / molecules (None where RDKit rejects one)."""
+    from polydiff.domains.molecules.metrics import _to_mol
+    return [_to_mol(x) for x in items]
+
+
+def _checked_record(mol: Any, fmt: str, three_d: bool) -> Optional[str]:
+    """The text of one output record, or None when it would not read back as a valid molecule."""
+    from rdkit import Chem
+    from rdkit.Chem import rdDepictor
+    if mol is None:
+        return None
+    if fmt == ".sdf":
+        m = Chem.Mol(mol)
+        if not (three_d and m.GetNumConformers()):
+            m.RemoveAllConformers()
+            rdDepictor.Compute2DCoords(m)
+        block = Chem.MolToMolBlock(m)
+        back = Chem.MolFromMolBlock(block, sanitize=True, removeHs=False)
+        return block + "$$$$\n" if back is not None and back.GetNumAtoms() == m.GetNumAtoms() else None
+    smi = Chem.MolToSmiles(mol)
+    back = Chem.MolFromSmiles(smi) if smi else None
+    return smi if back is not None else None
+
+
+def write_molecules(path: Path, mols: Sequence[Any], three_d: bool = False) -> Dict[str, int]:
+    """Write molecules by extension (.sdf, .smi, .csv), atomically; a molecule whose record would not
+    read back as a valid molecule is left out and counted (``n_not_written``)."""
+    from rdkit import RDLogger
+    path = Path(path)
+    fmt = path.suffix.lower()
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"--out must end in one of {', '.join(OUTPUT_FORMATS)}, got {str(path)!r}")
+    RDLogger.DisableLog("rdApp.*")
+    try:
+        records = [_checked_record(m, fmt, three_d) for m in mols]
+    finally:
+        RDLogger.EnableLog("rdApp.*")
+    good = [r for r in records if r is not None]
+    if not good:
+        raise ValueError("no generated molecule could be written as a valid record")
+    if fmt == ".csv":
+        text = "smiles\n" + "".join(r + "\n" for r in good)
+    else:
+        text = "".join(r if fmt == ".sdf" else r + "\n" for r in good)
+    _write(path, text.encode())
+    return {"n_written": len(good), "n_not_written": len(records) - len(good)}
+
+
+def save_grid_image(path: Path, mols: Sequence[Any], n: int = 20, per_row: int = 5) -> Optional[Path]:
+    """An RDKit drawing of the first ``n`` molecules as a PNG grid (None when none is drawable)."""
+    from rdkit import Chem
+    from rdkit.Chem import Draw
+    show = [Chem.Mol(m) for m in mols if m is not None][:n]
+    if not show:
+        return None
+    for m in show:
+        m.RemoveAllConformers()
+    img = Draw.MolsToGridImage(show, molsPerRow=min(per_row, len(show)), subImgSize=(220, 180),
+                               legends=[str(i + 1) for i in range(len(show))])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    _write(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def _generate(args) -> int:
+    """Handler of ``polydiff generate molecules``."""
+    import torch
+    from polydiff.domains.molecules import data, metrics
+    if args.model not in GENERATORS:
+        raise ValueError(f"unknown model {args.model!r}; valid: {', '.join(sorted(GENERATORS))}")
+    if isinstance(args.n, bool) or args.n < 1:
+        raise ValueError(f"-n must be >= 1, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    out = Path(args.out)
+    if out.suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--out must end in one of {', '.join(OUTPUT_FORMATS)}, got {args.out!r}")
+    if not out.parent.is_dir():
+        raise ValueError(f"the output folder {str(out.parent)!r} does not exist")
+    spec = GENERATORS[args.model]
+    if args.guidance is not None and args.guidance not in spec.guidance:
+        raise ValueError(f"model {args.model!r} supports --guidance {', '.join(spec.guidance) or '(none)'}; "
+                         f"got {args.guidance!r}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = spec.load()
+    t0 = time.time()
+    kwargs: Dict[str, Any] = {"steps": args.steps, "seed": args.seed}
+    if args.guidance is not None:
+        kwargs["guidance"] = args.guidance
+    items = model.generate(args.n, **kwargs)
+    seconds = time.time() - t0
+    mols = _as_mols(items)
+    counts = write_molecules(out, mols, spec.three_d)
+    print(f"wrote {counts['n_written']} molecules to {out}"
+          + (f" ({counts['n_not_written']} invalid ones left out)" if counts["n_not_written"] else ""),
+          file=sys.stderr)
+    png = save_grid_image(out.with_name(out.stem + ".png"), mols, n=args.grid)
+    if png is not None:
+        print(f"wrote {png}", file=sys.stderr)
+    info: Dict[str, Any] = {"model": args.model, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+                            "n_requested": args.n, "n_generated": len(items), **counts,
+                            "sampling_seconds": round(seconds, 1)}
+    if getattr(model, "last_stats", None):
+        info["n_redrawn"] = int(model.last_stats.get("redrawn", 0))
+    res: Dict[str, Any] = dict(info)
+    if not args.no_metrics:
+        back, _, report = data.read_molecules(out)        # the file as written, as `evaluate molecules` reads it
+        res["n_unparsable"] = report.n_skipped
+        res.update(metrics.evaluate(back, reference=spec.reference, train=spec.train, fcd_metric=not args.no_fcd,
+                                    cache_dir=args.cache_dir))
+        _print_table(res)
+    mpath = out.with_name(out.stem + ".metrics.json")
+    res["file"] = str(out)
+    _write_json(mpath, res)
+    print(f"wrote {mpath}", file=sys.stderr)
+    return 0
+
+
 def add_commands(verbs: Dict[str, Any]) -> None:
-    """Register ``polydiff evaluate molecules`` (and, later, ``polydiff generate molecules``)."""
+    """Register ``polydiff evaluate molecules`` and ``polydiff generate molecules``."""
     p = verbs["evaluate"]("molecules", help="metrics of a SMILES (.smi/.txt/.csv) or SDF file of molecules",
                           description="Validity, uniqueness, novelty, EDM stability (3-D SDF), and the MOSES "
                                       "metrics of a file of molecules.")
@@ -65,5 +255,21 @@ def add_commands(verbs: Dict[str, Any]) -> None:
     p.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/polydiff/molecules)")
     p.set_defaults(func=_evaluate)
 
-    # ---- `polydiff generate molecules` goes here (issue 8, item 7): -n N --model qm9-2d|qm9-3d|moses-selfies
-    #      --seed S --out FILE(.sdf/.smi/.csv), an image grid and a metrics JSON. Not built yet.
+    g = verbs["generate"]("molecules", help="generate molecules with a shipped model (SDF, SMILES or CSV)",
+                          description="Generate molecules, write them by extension (.sdf with RDKit 2-D coordinates "
+                                      "for string/graph models, .smi, .csv), an image grid <stem>.png and the "
+                                      "metrics <stem>.metrics.json.")
+    g.add_argument("-n", type=int, default=1000, help="number of molecules (default 1000)")
+    g.add_argument("--model", default="moses-selfies", choices=sorted(GENERATORS),
+                   help="shipped model (default moses-selfies)")
+    g.add_argument("--out", required=True, help="output file: .sdf, .smi or .csv")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=None,
+                   help="sampler steps (default: the model's exact sampler; SELFIES: first-hitting)")
+    g.add_argument("--guidance", default=None, help="reward guidance, e.g. 'qed' (SVDD toward higher QED)")
+    g.add_argument("--grid", type=int, default=20, help="molecules in the PNG grid (default 20)")
+    g.add_argument("--no-metrics", action="store_true", help="skip the metrics (the JSON then holds run info only)")
+    g.add_argument("--no-fcd", action="store_true", help="skip FCD (the slowest metric)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--cache-dir", default=None, help="cache folder (default ~/.cache/polydiff/molecules)")
+    g.set_defaults(func=_generate)
