@@ -308,6 +308,23 @@ def load_moses(split: str = "train", limit: Optional[int] = None) -> List[str]:
     return out
 
 
+def read_cached_lines(path: Path) -> Optional[List[str]]:
+    """The lines of a gzip text cache file, or None when it is missing or unreadable (then rebuilt)."""
+    if not path.is_file():
+        return None
+    try:
+        with gzip.open(path, "rt") as f:
+            text = f.read()
+    except (OSError, EOFError):
+        return None
+    return text.split("\n") if text else []
+
+
+def write_cached_lines(path: Path, lines: Sequence[str]) -> None:
+    """Write a gzip text cache file atomically (a crash never leaves a truncated cache)."""
+    atomic_write_bytes(path, gzip.compress("\n".join(lines).encode(), compresslevel=3))
+
+
 def moses_canonical_train(cache_dir: Optional[Union[str, Path]] = None, progress: bool = False) -> List[str]:
     """The MOSES train set re-canonicalized with the installed RDKit (for novelty), cached.
 
@@ -316,12 +333,9 @@ def moses_canonical_train(cache_dir: Optional[Union[str, Path]] = None, progress
     1.58 M molecules (about 6 minutes on one core)."""
     from rdkit import Chem, RDLogger, rdBase
     path = _cache_path(cache_dir, f"moses_train_canonical_v{_CACHE_VERSION}_rdkit-{rdBase.rdkitVersion}.txt.gz")
-    if path.is_file():
-        try:
-            with gzip.open(path, "rt") as f:
-                return f.read().split("\n")
-        except (OSError, EOFError):
-            pass
+    cached = read_cached_lines(path)
+    if cached is not None:
+        return cached
     raw = load_moses("train")
     RDLogger.DisableLog("rdApp.*")
     out = []
@@ -331,7 +345,7 @@ def moses_canonical_train(cache_dir: Optional[Union[str, Path]] = None, progress
         if progress and k % 100_000 == 0:
             print(f"canonicalizing MOSES train: {k}/{len(raw)}", file=sys.stderr)
     RDLogger.EnableLog("rdApp.*")
-    atomic_write_bytes(path, gzip.compress("\n".join(out).encode(), compresslevel=3))
+    write_cached_lines(path, out)
     return out
 
 
@@ -503,13 +517,9 @@ def qm9_canonical_smiles(split: str = "train", cache_dir: Optional[Union[str, Pa
     rows = qm9_split_rows(split)
     path = _cache_path(cache_dir, f"qm9_{split}_canonical_iso{int(isomeric)}_v{_CACHE_VERSION}"
                                   f"_rdkit-{rdBase.rdkitVersion}.txt.gz")
-    if path.is_file():
-        try:
-            with gzip.open(path, "rt") as f:
-                text = f.read()
-            return text.split("\n") if text else []
-        except (OSError, EOFError):
-            pass
+    cached = read_cached_lines(path)
+    if cached is not None:
+        return cached
     ds = load_qm9_all(cache_dir)
     out = []
     RDLogger.DisableLog("rdApp.*")
@@ -518,5 +528,5 @@ def qm9_canonical_smiles(split: str = "train", cache_dir: Optional[Union[str, Pa
         if m is not None:
             out.append(Chem.MolToSmiles(m, isomericSmiles=isomeric))
     RDLogger.EnableLog("rdApp.*")
-    atomic_write_bytes(path, gzip.compress("\n".join(out).encode(), compresslevel=3))
+    write_cached_lines(path, out)
     return out

@@ -15,7 +15,6 @@ run still leaves its latest model; ``--minutes`` stops the run at a wall-clock b
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import platform
@@ -37,12 +36,9 @@ def encode_moses(n: int, seed: int = 0, cache_dir: Optional[str] = None, split: 
     import selfies as sf
     from . import data
     path = data._cache_path(cache_dir, f"moses_{split}_selfies_n{n}_seed{seed}_sf-{sf.__version__}.txt.gz")
-    if path.is_file():
-        try:
-            with gzip.open(path, "rt") as f:
-                return f.read().split("\n")
-        except (OSError, EOFError):
-            pass
+    cached = data.read_cached_lines(path)
+    if cached is not None:
+        return cached
     smiles = data.load_moses(split)
     if n:
         if n > len(smiles):
@@ -57,7 +53,7 @@ def encode_moses(n: int, seed: int = 0, cache_dir: Optional[str] = None, split: 
             continue
         if k % 50_000 == 0:
             print(f"encoding SELFIES: {k}/{len(smiles)}", file=sys.stderr, flush=True)
-    data.atomic_write_bytes(path, gzip.compress("\n".join(out).encode(), compresslevel=3))
+    data.write_cached_lines(path, out)
     return out
 
 
