@@ -50,7 +50,7 @@ def generate(args: argparse.Namespace) -> int:
     x = model.generate(labels=labels, n=None if labels is not None else args.n, steps=args.steps,
                        solver=args.solver, grid=args.grid, guidance=args.guidance, generator=g)
     if suffix == ".png":
-        save_grid(out, x, nrow=args.nrow)
+        save_grid(out, x, nrow=args.nrow, scale=args.scale)
     elif suffix == ".pt":
         torch.save({"images": x, "labels": labels}, out)
     else:
@@ -80,6 +80,7 @@ def add_commands(verbs: Any) -> None:
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--model", default="digits", help="a shipped model name or a saved model directory")
     p.add_argument("--nrow", type=int, default=8, help="images per row of the PNG grid")
+    p.add_argument("--scale", type=int, default=4, help="PNG pixel enlargement (default 4: 16x16 digits -> 64x64)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=generate)
 

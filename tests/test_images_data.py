@@ -161,3 +161,16 @@ def test_mnist_from_local_files_and_missing_files(tmp_path):
         data.celeba(tmp_path)
     with pytest.raises(ValueError, match="valid: train, test"):
         data.mnist(tmp_path, "val")
+
+
+def test_save_grid_scale_enlarges_each_pixel(tmp_path):
+    from polydiff.domains.images.data import read_image, save_grid
+    x = torch.linspace(-1, 1, 2 * 3 * 3).reshape(2, 1, 3, 3)
+    save_grid(tmp_path / "a.png", x, nrow=2, padding=0, scale=1)
+    save_grid(tmp_path / "b.png", x, nrow=2, padding=0, scale=3)
+    a = read_image(tmp_path / "a.png")
+    b = read_image(tmp_path / "b.png")
+    assert b.shape[-2:] == (9, 18)
+    torch.testing.assert_close(b[..., ::3, ::3], a)
+    with pytest.raises(ValueError, match="scale"):
+        save_grid(tmp_path / "c.png", x, scale=0)

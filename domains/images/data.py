@@ -248,9 +248,15 @@ def make_grid(images: Tensor, nrow: int = 8, padding: int = 1, pad_value: float 
 
 
 def save_grid(path: Union[str, os.PathLike], images: Tensor, nrow: int = 8, padding: int = 1,
-              pad_value: float = 1.0) -> FsPath:
-    """Write a batch (N, C, H, W) in [-1, 1] as one PNG grid with ``nrow`` images per row."""
-    return _write_uint8(path, to_uint8(make_grid(images, nrow, padding, pad_value)[None])[0])
+              pad_value: float = 1.0, scale: int = 1) -> FsPath:
+    """Write a batch (N, C, H, W) in [-1, 1] as one PNG grid with ``nrow`` images per row; ``scale``
+    enlarges each pixel to scale x scale (nearest neighbour) so that tiny images are visible."""
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be an integer >= 1, got {scale!r}")
+    grid = make_grid(images, nrow, padding, pad_value)
+    if scale > 1:
+        grid = grid.repeat_interleave(scale, 1).repeat_interleave(scale, 2)
+    return _write_uint8(path, to_uint8(grid[None])[0])
 
 
 # ================================================================== datasets
