@@ -211,7 +211,7 @@ def test_cli_generate_images_png_and_tensor(tmp_path, capsys):
     png = tmp_path / "grid.png"
     assert cli.main(["generate", "images", "--model", str(d), "--class", "7", "-n", "5", "--steps", "2",
                      "--nrow", "4", "--out", str(png)]) == 0
-    assert data.read_image(png).shape == (1, 1, 2 * 17 + 1, 4 * 17 + 1)
+    assert data.read_image(png).shape == (1, 1, 4 * (2 * 17 + 1), 4 * (4 * 17 + 1))   # --scale 4 by default
     st = tmp_path / "x.safetensors"
     assert cli.main(["generate", "images", "--model", str(d), "-n", "3", "--steps", "2", "--guidance", "2",
                      "--out", str(st)]) == 0
