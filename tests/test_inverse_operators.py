@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from operator_checks import assert_svd_matches_dense
 
 from polydiff.core.inverse import (BlockAverage, CallableOperator, Compose, FFTConvolution, LinearOperator,
                                    MaskOperator, MatrixOperator, PartialFourier, SVDOperator, conjugate_gradient)
@@ -79,30 +80,7 @@ SVD_OPS = [n for n in sorted(OPS) if isinstance(OPS[n], SVDOperator)]
 
 @pytest.mark.parametrize("name", SVD_OPS)
 def test_svd_against_dense(name):
-    op = OPS[name]
-    M = op.dense()
-    d, dy = op.d, op.d_y
-    s = op.singular_values.to(DT)
-    r = s.shape[0]
-    assert r <= min(d, dy)
-    Vt = op.Vt(torch.eye(d, dtype=DT).reshape((d,) + op.x_shape)).T        # columns: V^T e_i
-    Ut = op.Ut(torch.eye(dy, dtype=DT).reshape((dy,) + op.y_shape)).T
-    torch.testing.assert_close(Vt @ Vt.T, torch.eye(d, dtype=DT))
-    torch.testing.assert_close(Ut @ Ut.T, torch.eye(dy, dtype=DT))
-    S = torch.zeros(dy, d, dtype=DT)
-    S[range(r), range(r)] = s
-    torch.testing.assert_close(Ut.T @ S @ Vt, M)
-    # V and U invert Vt and Ut
-    x = _rand((2,) + op.x_shape, 5)
-    torch.testing.assert_close(op.V(op.Vt(x)), x)
-    yv = _rand((2,) + op.y_shape, 6)
-    torch.testing.assert_close(op.U(op.Ut(yv)), yv)
-    # singular values match the dense ones
-    ref = torch.linalg.svdvals(M)
-    torch.testing.assert_close(torch.sort(s, descending=True).values[:ref.shape[0]], ref[:r], atol=1e-9, rtol=1e-9)
-    # pseudo-inverse against the dense one
-    torch.testing.assert_close(op.pinv(yv).flatten(1), yv.flatten(1) @ torch.linalg.pinv(M, rtol=1e-9).T,
-                               atol=1e-8, rtol=1e-8)
+    assert_svd_matches_dense(OPS[name])
 
 
 def test_levels_and_compose():
