@@ -381,18 +381,24 @@ def _split(split: str, valid: Sequence[str]) -> str:
     return split
 
 
+def _train_test_dataset(cls, name: str, files, root: Union[str, os.PathLike], split: str,
+                        size: Optional[Union[int, Tuple[int, int]]], channels: int) -> torch.utils.data.Dataset:
+    """A torchvision dataset with a ``train=`` flag, from local files only, converted to [-1, 1]."""
+    train = _split(split, ("train", "test")) == "train"
+    try:
+        base = cls(str(root), train=train, download=False)
+    except (RuntimeError, OSError) as e:
+        raise _missing(name, root, files, e) from None
+    return _Converted(base, _as_hw(size), channels)
+
+
 def mnist(root: Union[str, os.PathLike], split: str = "train",
           size: Optional[Union[int, Tuple[int, int]]] = None) -> torch.utils.data.Dataset:
     """torchvision's MNIST from local files (``MNIST_FILES`` under ``root``; never downloaded): items
     (float (1, 28, 28) in [-1, 1], label). ``split``: "train" (60 000) or "test" (10 000); ``size``
     resizes (e.g. 32 for a 3-level U-Net)."""
     from torchvision.datasets import MNIST
-    train = _split(split, ("train", "test")) == "train"
-    try:
-        base = MNIST(str(root), train=train, download=False)
-    except (RuntimeError, OSError) as e:
-        raise _missing("MNIST", root, MNIST_FILES, e) from None
-    return _Converted(base, _as_hw(size), 1)
+    return _train_test_dataset(MNIST, "MNIST", MNIST_FILES, root, split, size, 1)
 
 
 def cifar10(root: Union[str, os.PathLike], split: str = "train",
@@ -401,12 +407,7 @@ def cifar10(root: Union[str, os.PathLike], split: str = "train",
     version; never downloaded): items (float (3, 32, 32) in [-1, 1], label). ``split``: "train" (50 000) or
     "test" (10 000). torchvision reads these batches with pickle: use only files from the official source."""
     from torchvision.datasets import CIFAR10
-    train = _split(split, ("train", "test")) == "train"
-    try:
-        base = CIFAR10(str(root), train=train, download=False)
-    except (RuntimeError, OSError) as e:
-        raise _missing("CIFAR-10", root, CIFAR10_FILES, e) from None
-    return _Converted(base, _as_hw(size), 3)
+    return _train_test_dataset(CIFAR10, "CIFAR-10", CIFAR10_FILES, root, split, size, 3)
 
 
 def celeba(root: Union[str, os.PathLike], split: str = "train",
