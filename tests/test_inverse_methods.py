@@ -6,7 +6,7 @@ means and covariances relative to the prior-to-posterior gap: rel_mean = |m_hat 
 (a sampler that ignores y scores ~1) and rel_cov = |C_hat - P|_F / |P|_F.
 Statistical error at n = 2000 samples: sd of the mean ~ sqrt(tr P / n) ~ 0.02, i.e. rel_mean ~ 0.01;
 rel_cov ~ 0.05. Tolerances: methods that are exact in the limit (mcgdiff, fps, tds with particles;
-pigdm, exact here because the prior covariance is isotropic; ddrm / ddnm at this sigma_y) get
+pigdm, exact here because the prior covariance is isotropic; ddrm with eta = 0 / ddnm at this sigma_y) get
 rel_mean < 0.1 and rel_cov < 0.25 (the particle runs use fewer independent rows); methods known
 to be biased (dps, diffpir, daps) get rel_mean < 0.35, which
 still fails for a sampler that ignores y (tested). RED-diff is a point estimate: mean only.
@@ -45,7 +45,7 @@ def _errors(pb, xs):
     return rel_mean, rel_cov
 
 
-TIGHT = {"ddrm": {}, "ddnm": {}, "pigdm": {}, "mcgdiff": {"particles": 16}, "fps": {"particles": 16},
+TIGHT = {"ddrm": {"eta": 0.0}, "ddnm": {}, "pigdm": {}, "mcgdiff": {"particles": 16}, "fps": {"particles": 16},
          "tds": {"particles": 16}, "fk": {"particles": 16}}
 LOOSE = {"dps": {}, "diffpir": {}, "daps": {"steps": 20}, "reddiff": {}}
 
@@ -68,6 +68,18 @@ def test_exact_methods_on_gaussian_posterior(problem, name):
     rel_mean, rel_cov = _errors(problem, _run(problem, name, n, 1, **kw))
     assert rel_mean < 0.1, (name, rel_mean)
     assert rel_cov < 0.25, (name, rel_cov)
+
+
+def test_ddrm_eta_is_the_papers_fresh_noise_fraction(problem):
+    """DDRM's eta (Kawar et al. eq. 7) re-noises a fixed fraction eta of sigma_t at every step: the mean
+    stays right but a Gaussian posterior's spread shrinks by a step-count-independent amount (a DDIM-style
+    eta, whose fresh noise vanishes with the step size, would be exact here: tr C = tr P)."""
+    tr_p = float(torch.diagonal(problem["P"]).sum())
+    for steps in (100, 400):
+        xs = _run(problem, "ddrm", 2000, 3, steps=steps)
+        rel_mean, _ = _errors(problem, xs)
+        assert rel_mean < 0.1, (steps, rel_mean)
+        assert float(torch.diagonal(torch.cov(xs.T)).sum()) < 0.85 * tr_p, steps
 
 
 @pytest.mark.parametrize("name", sorted(LOOSE))

@@ -44,9 +44,12 @@ def _pad(v: Tensor, d: int, fill: float = 0.0) -> Tensor:
 def ddrm(prob: Problem, x: Tensor, eta: float = 0.85, eta_b: float = 1.0) -> Tensor:
     """DDRM: denoising diffusion restoration in the SVD basis (Kawar et al., NeurIPS 2022).
 
-    Per spectral coordinate j, from grid point i to i+1 with x0-hat = D(x_i) and the VE noise level
-    varsigma = sigma/alpha of the target point:
-      * unobserved (s_j = 0 or j >= r): a DDIM(eta) step (exact in the many-step limit for any eta);
+    Per spectral coordinate j, from grid point i to i+1 with x0-hat = D(x_i), eps-hat =
+    (x_i - alpha_i x0-hat) / sigma_i and the VE noise level varsigma = sigma/alpha of the target point:
+      * unobserved (s_j = 0 or j >= r): xbar = alpha x0bar + sigma (sqrt(1 - eta^2) eps-hat + eta z), the
+        paper's eq. 7: eta is the fraction of fresh noise per step (not DDIM's eta). Only eta = 0 is
+        exact in the many-step limit; eta > 0 re-noises a fixed fraction at every step, which mixes
+        between modes but shrinks a Gaussian posterior's spread (tested) whatever the step count;
       * varsigma < tau_j (measurement noisier than the state): move towards ybar_j,
         xbar = alpha x0bar + sigma (sqrt(1 - eta^2) (ybar - x0bar) / tau + eta z);
       * varsigma >= tau_j: xbar = alpha ((1 - eta_b) x0bar + eta_b ybar) + sqrt(sigma^2 - alpha^2 eta_b^2 tau^2) z.
@@ -70,9 +73,9 @@ def ddrm(prob: Problem, x: Tensor, eta: float = 0.85, eta_b: float = 1.0) -> Ten
     for i in range(prob.n):
         x0b = op.Vt(prob.denoise(op.V(xs), i))
         aj, sj = prob.a[i + 1], prob.s[i + 1]
-        cx, c0, cn = prob.ddim_coefs(i, i + 1, eta)
         zz = prob.randn(xs.shape)
-        unobs = cx * xs + c0 * x0b + cn * zz
+        eps_hat = (xs - prob.a[i] * x0b) / prob.s[i]
+        unobs = aj * x0b + sj * (math.sqrt(1 - eta * eta) * eps_hat + eta * zz)
         near = aj * x0b + sj * (math.sqrt(1 - eta * eta) * (ybar_d - x0b) / tau_d.clamp_min(1e-300) + eta * zz)
         var = (sj * sj - (aj * eta_b * tau_d) ** 2)
         far = aj * ((1 - eta_b) * x0b + eta_b * ybar_d) + torch.sqrt(var.clamp_min(0)) * zz
