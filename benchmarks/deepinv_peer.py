@@ -82,12 +82,40 @@ def _physics(A: torch.Tensor, scale: float, sy: float):
     return phys
 
 
+def noise_levels(name: str, nfe: int) -> torch.Tensor:
+    """The noise levels (x units, VE convention, decreasing) at which deepinv's ``name`` calls its denoiser
+    for ``nfe`` evaluations: DDRM S * linspace(1, 0, nfe); DiffPIR the DDPM schedule (linear beta 1e-4..0.02
+    over 1000 steps, sigma = sqrt(1 / alpha_bar - 1) in its [-1, 1] space, i.e. S / 2 in x units) at the
+    indices sqrt(linspace(0, 1000^2, nfe)). Running polydiff on these levels compares the algorithms
+    rather than the time grids."""
+    if name == "ddrm":
+        return S * torch.linspace(1, 0, nfe, dtype=torch.float64)
+    if name == "diffpir":
+        T = 1000
+        abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float32), 0).double()
+        sig = torch.sqrt(1 / abar - 1).flip(0)                     # deepinv's ``sigmas``, decreasing
+        seq = torch.sqrt(torch.linspace(0.0, T ** 2, nfe)).to(torch.int32)
+        seq[-1] -= 1
+        return (S / 2) * sig[seq.long()]
+    raise ValueError(f"no level schedule for {name!r}; valid: ddrm, diffpir")
+
+
 def run(name: str, *, prior, A: torch.Tensor, y: torch.Tensor, sy: float, n: int, nfe: int,
-        g: torch.Generator, post=None):
-    """n deepinv samples (float64, x units) for y = A x + sigma_y n; returns (x, NFE per sample)."""
+        g: torch.Generator, post=None, unit_norm: bool = True):
+    """n deepinv samples (float64, x units) for y = A x + sigma_y n; returns (x, NFE per sample).
+
+    ``unit_norm``: hand deepinv the measurement divided by the spectral norm c of its physics (y / c,
+    A / c, sigma_y / c: the same likelihood), the regime of deepinv's own operators (masks, normalised
+    blurs). DDRM is invariant to this; DPS ("norm" guidance) and DiffPIR are not. DiffPIR starts
+    from 2 A^T y - 1: with the unscaled physics (c ~ 20-40 here) that start lies ~10^4 outside the
+    noise ball along A^T y, which picks the mixture mode maximising <A mu_k, y> (a matched filter)
+    rather than running the diffusion from its prior."""
     import deepinv as dinv
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))
     torch.manual_seed(seed)   # deepinv's DDRM and DiffPIR draw from the global generator
+    scale = S if name != "dps" else S / 2
+    c = float(torch.linalg.matrix_norm(scale * A, ord=2)) if unit_norm else 1.0
+    A, y, sy = A / c, y / c, sy / c
     if name == "ddrm":
         D = _Denoiser(prior, "u")
         phys = _physics(A, S, sy)

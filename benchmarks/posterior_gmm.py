@@ -51,7 +51,7 @@ import torch
 
 from polydiff.core.analytic import GaussianMixture
 from polydiff.core.inverse import MatrixOperator, methods, posterior_sample
-from polydiff.core.paths import VP
+from polydiff.core.paths import VE, VP
 
 Tensor = torch.Tensor
 
@@ -166,6 +166,9 @@ def main(argv=None):
     ap.add_argument("--independent-samples", type=int, default=200,
                     help="samples (= systems) of the --independent-growth series")
     ap.add_argument("--no-peer", action="store_true", help="skip deepinv even when it imports")
+    ap.add_argument("--peer-raw-scale", action="store_true",
+                    help="also run deepinv's DPS and DiffPIR on the physics before its scaling to unit spectral "
+                         "norm (see deepinv_peer.run)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
@@ -245,6 +248,24 @@ def main(argv=None):
                                              g=gen("deepinv", pname, nfe))
                             add((f"deepinv:{pname}", nf, 0), sw1(x, refs, dirs), nf, nf if pname == "dps" else 0,
                                 time.time() - t0)
+                            if pname != "ddrm" and a.peer_raw_scale:   # DDRM is invariant to the scaling
+                                x, nf = peer.run(pname, post=None, prior=prior, A=A, y=y, sy=sy, n=n, nfe=nfe,
+                                                 g=gen("deepinv", pname, nfe), unit_norm=False)
+                                add((f"deepinv:{pname} unscaled physics", nf, 0), sw1(x, refs, dirs), nf,
+                                    nf if pname == "dps" else 0, time.time() - t0)
+                            if pname in names and pname in ("ddrm", "diffpir"):   # ours on deepinv's noise levels
+                                lv = peer.noise_levels(pname, nfe)
+                                lv = lv[lv > 0]
+                                ve = VE(1e-3, float(lv[0]) * (1 + 1e-9))
+                                grid = torch.cat([ve.t_from_sigma_ve(lv).double(), torch.zeros(1, dtype=torch.float64)])
+                                grid[0] = 1.0
+                                Dve = iso.denoiser(ve)
+                                t0 = time.time()
+                                x, info = posterior_sample(Dve, y.expand(n, -1), MatrixOperator(A), path=ve, method=pname,
+                                                           steps=len(grid) - 1, grid=grid, sigma_y=sy,
+                                                           generator=gen(pname, "peer levels", nfe), return_info=True)
+                                add((f"{pname} (deepinv's levels)", info["nfe"], 0), sw1(x, refs, dirs), info["nfe"], 0,
+                                    time.time() - t0)
             floor = ci([r[0] for r in res[("floor", 0, 0)]])[0]
             floor_ind = ci([r[0] for r in res[(f"floor ({n_ind} samples)", 0, 0)]])[0] if indep else floor
             print(f"\n## d={d} d_y={dy} ({nprob} problems, {n} samples; {time.time() - t_cell:.0f} s)")
@@ -260,6 +281,18 @@ def main(argv=None):
                 all_rows.append(dict(d=d, dy=dy, method=name, nfe=v[0][1], particles=K, backward=v[0][2],
                                      sw_mean=m, sw_hw=hw, x_floor=m / fl, wall=wall,
                                      problems=nprob, samples=n_ind if small else n))
+            pairs = [(k, ("deepinv:" + k[0].split(" ")[0], k[1] + (1 if "levels" in k[0] and k[0].startswith("ddrm") else 0), 0))
+                     for k in res if not k[0].startswith(("deepinv", "floor", "ceiling"))]
+            pairs += [(k, (k[0].replace(" unscaled physics", ""), k[1], 0)) for k in res if k[0].endswith("unscaled physics")]
+            pairs = [(k, kp) for k, kp in pairs if kp in res and k[0].split(" ")[0].replace("deepinv:", "") in getattr(peer, "METHODS", ())]
+            if pairs:
+                print("\npaired per problem, (polydiff - deepinv) SW / floor: mean [95% CI] (negative: polydiff closer)")
+                for k, kp in pairs:
+                    diff = [(u[0] - w[0]) / floor for u, w in zip(res[k], res[kp])]
+                    m, hw = ci(diff)
+                    print(f"| {k[0]} vs {kp[0]} | {k[1]} vs {kp[1]} NFE | {m:+.2f} [{m - hw:+.2f}, {m + hw:+.2f}] |")
+                    all_rows.append(dict(d=d, dy=dy, method=f"{k[0]} - {kp[0]}", nfe=k[1], paired_diff_x_floor=m,
+                                         paired_hw=hw, problems=nprob))
             sys.stdout.flush()
     if a.json:
         _P(a.json).parent.mkdir(parents=True, exist_ok=True)
