@@ -12,10 +12,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# system packages: Debian's flite (speech corpus synthesis) and espeak-ng, installed with apt when missing
-SYSPKGS := flite espeak-ng
+# system packages, installed with apt when missing: Debian's flite (speech corpus synthesis) and
+# espeak-ng, and a C compiler plus Python headers (pesq builds from source)
+SYSCMDS := flite:flite espeak-ng:espeak-ng cc:gcc
 $(VENV)/.sys: | $(PY)
-	@missing=""; for p in $(SYSPKGS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for cp in $(SYSCMDS); do command -v $${cp%%:*} >/dev/null || missing="$$missing $${cp#*:}"; done; \
+	$(PY) -c "import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))" \
+	  || missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then echo "installing$$missing with apt"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  ($$SUDO apt-get install -y -qq $$missing || ($$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing)) >/dev/null \
