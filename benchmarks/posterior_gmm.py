@@ -283,6 +283,7 @@ def main(argv=None):
                                      problems=nprob, samples=n_ind if small else n))
             pairs = [(k, ("deepinv:" + k[0].split(" ")[0], k[1] + (1 if "levels" in k[0] and k[0].startswith("ddrm") else 0), 0))
                      for k in res if not k[0].startswith(("deepinv", "floor", "ceiling"))]
+            pairs += [(k, (kp[0] + " unscaled physics", kp[1], 0)) for k, kp in pairs]
             pairs += [(k, (k[0].replace(" unscaled physics", ""), k[1], 0)) for k in res if k[0].endswith("unscaled physics")]
             pairs = [(k, kp) for k, kp in pairs if kp in res and k[0].split(" ")[0].replace("deepinv:", "") in getattr(peer, "METHODS", ())]
             if pairs:
