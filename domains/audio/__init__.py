@@ -7,7 +7,11 @@ Modules (import them directly; nothing heavy is imported here):
 * ``text``: text normalization, characters and CMU-dictionary phonemes (pocketsphinx's copy).
 * ``corpus``: an LJSpeech-format corpus synthesized with Debian's flite; the LJSpeech loader.
 * ``metrics``: WER/CER with pocketsphinx, MCD with DTW, F0 RMSE, PESQ, ESTOI, SI-SDR, real-time factor.
+* ``tts``: Grad-TTS (text encoder, durations, monotonic alignment search, a diffusion mel decoder on the
+  core's mean-reverting path, Griffin-Lim); ``train_tts`` trains it; ``polydiff speak`` runs it.
+* ``enhance``: noisy mixtures (white, coloured, babble), a Wiener baseline, an SGMSE+-style conditional
+  model on the core's OUVE path and the unsupervised route (clean prior + noise model); ``train_enhance``
+  trains it; ``polydiff enhance`` runs it.
 
-Not built yet (issue 7): the Grad-TTS model, the diffusion vocoder, speech enhancement, and the
-``polydiff speak`` / ``polydiff enhance`` commands.
+Not built yet (issue 7): the diffusion vocoder (Griffin-Lim is the vocoder).
 """

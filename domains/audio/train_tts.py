@@ -1,0 +1,167 @@
+"""Train the Grad-TTS model (:mod:`polydiff.domains.audio.tts`) on an LJSpeech-format corpus.
+
+    python -m polydiff.domains.audio.train_tts --corpus /tmp/speech/rms-train --out runs/tts-rms \\
+        --minutes 55 --seed 0
+
+Every utterance's log-mel (16 kHz, hop 256, 80 bands) and symbol ids are computed once at start. Each
+step draws a random batch; MAS, the duration and prior losses see whole utterances, the diffusion
+decoder one random ``crop_frames`` crop per utterance (Grad-TTS, Popov et al., ICML 2021, Sec. 4).
+Adam with linear warm-up, gradient clipping, and an exponential moving average of all weights (the
+EMA weights are what ``model.safetensors`` holds). Checkpoints (``model.safetensors``, ``config.json``,
+``progress.json``) are written every ``--checkpoint-minutes`` and at the end; ``train.log`` gets a line
+of losses every ``--log-every`` steps. ``torch.set_num_threads(1)`` unless ``--threads``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+from .corpus import ljspeech
+from .features import log_mel
+from .text import encode
+from .tts import GradTTS, TTSConfig, load
+
+
+def load_corpus(root: str, phonemes: bool = True, limit: Optional[int] = None,
+                progress: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(ids per utterance, log-mel (80, frames) per utterance) of an LJSpeech-format corpus at 16 kHz."""
+    corpus = ljspeech(root, sample_rate=16000)
+    n = len(corpus) if limit is None else min(limit, len(corpus))
+    from tqdm.auto import tqdm
+    ids, mels = [], []
+    for i in tqdm(range(n), desc="features", unit="utt", disable=not progress):
+        u = corpus[i]
+        x = encode(u.text, phonemes=phonemes)
+        m = log_mel(u.audio.float())
+        if m.shape[-1] < x.numel():
+            raise ValueError(f"utterance {u.id} has fewer frames ({m.shape[-1]}) than symbols ({x.numel()})")
+        ids.append(x)
+        mels.append(m)
+    return ids, mels
+
+
+def collate(ids: Sequence[torch.Tensor], mels: Sequence[torch.Tensor]
+            ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pad a batch: (ids (B, Tx) with 0, x_lengths, mels (B, n_mels, Ty) with the floor, y_lengths)."""
+    from .tts import MEL_FLOOR
+    xl = torch.tensor([x.numel() for x in ids])
+    yl = torch.tensor([m.shape[-1] for m in mels])
+    X = torch.zeros(len(ids), int(xl.max()), dtype=torch.long)
+    Y = torch.full((len(mels), mels[0].shape[0], int(yl.max())), MEL_FLOOR)
+    for b, (x, m) in enumerate(zip(ids, mels)):
+        X[b, :x.numel()] = x
+        Y[b, :, :m.shape[-1]] = m
+    return X, xl, Y, yl
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", required=True, help="LJSpeech-format folder (wavs/, metadata.csv)")
+    p.add_argument("--out", required=True, help="output folder for checkpoints and train.log")
+    p.add_argument("--minutes", type=float, default=55.0, help="wall-clock training budget (default 55)")
+    p.add_argument("--steps", type=int, default=10 ** 9, help="stop after this many steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.998, help="EMA decay per step (ramped up as min(decay, (1+s)/(10+s)))")
+    p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=25)
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--config", default=None, help="JSON file (or inline JSON) of TTSConfig overrides")
+    p.add_argument("--init", default=None,
+                   help="continue from a saved model folder (its config and EMA weights; a fresh optimizer)")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    t_start = time.time()
+    overrides = {}
+    if a.config:
+        src = Path(a.config)
+        overrides = json.loads(src.read_text() if src.is_file() else a.config)
+    init = load(a.init) if a.init else None
+    cfg = init.config if init is not None else TTSConfig.from_dict({**TTSConfig().__dict__, **overrides})
+    torch.manual_seed(a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = open(out / "train.log", "a", buffering=1)
+
+    def say(msg: str) -> None:
+        log.write(msg + "\n")
+        if a.quiet:
+            print(msg, flush=True)
+
+    ids, mels = load_corpus(a.corpus, cfg.phonemes, a.limit, progress=not a.quiet)
+    frames = sum(m.shape[-1] for m in mels)
+    say(f"corpus {a.corpus}: {len(ids)} utterances, {frames * 256 / 16000 / 60:.1f} min of audio; "
+        f"features in {time.time() - t_start:.0f} s")
+    model = GradTTS(cfg)
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+        say(f"initialised from {a.init}")
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"model: {n_params / 1e6:.2f} M parameters (encoder {sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f} M, "
+        f"decoder {sum(p.numel() for p in model.decoder.parameters()) / 1e6:.2f} M); config {json.dumps(cfg.__dict__)}")
+    ema = copy.deepcopy(model).eval()
+    for q in ema.parameters():
+        q.requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.98))
+    g = torch.Generator().manual_seed(a.seed)
+    from tqdm.auto import tqdm
+    bar = tqdm(total=None if a.steps >= 10 ** 9 else a.steps, desc="grad-tts", unit="step", disable=a.quiet)
+    step, last_ckpt = 0, time.time()
+    run = {"duration": 0.0, "prior": 0.0, "diffusion": 0.0}
+    deadline = t_start + 60 * a.minutes
+
+    def checkpoint(final: bool = False) -> None:
+        ema.save(out, extra={"step": step})
+        (out / "progress.json").write_text(json.dumps({
+            "step": step, "wall_minutes": (time.time() - t_start) / 60, "final": final, "seed": a.seed,
+            "batch": a.batch, "lr": a.lr, "ema": a.ema, "threads": a.threads}, indent=1) + "\n")
+
+    model.train()
+    while step < a.steps and time.time() < deadline:
+        sel = torch.randint(len(ids), (a.batch,), generator=g).tolist()
+        X, xl, Y, yl = collate([ids[i] for i in sel], [mels[i] for i in sel])
+        losses = model.loss(X, xl, Y, yl, generator=g)
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if torch.isfinite(gn):
+            opt.step()
+        step += 1
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        for k in run:
+            run[k] += float(losses[k])
+        bar.update(1)
+        if step % a.log_every == 0:
+            avg = {k: v / a.log_every for k, v in run.items()}
+            bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in avg.items()})
+            say(f"step {step} min {(time.time() - t_start) / 60:.1f} lr {lr:.2e} gnorm {float(gn):.2f} "
+                + " ".join(f"{k} {v:.4f}" for k, v in avg.items()))
+            run = {k: 0.0 for k in run}
+        if time.time() - last_ckpt > 60 * a.checkpoint_minutes:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint(final=True)
+    say(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; EMA weights in {out / 'model.safetensors'}")
+    bar.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
