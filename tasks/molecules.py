@@ -102,15 +102,22 @@ def _load_selfies() -> Any:
     return pretrained("moses-selfies")
 
 
+def _load_qm9_2d() -> Any:
+    from polydiff.domains.molecules.graph_model import pretrained
+    return pretrained("qm9-2d")
+
+
 GENERATORS: Dict[str, MoleculeGenerator] = {
     "moses-selfies": MoleculeGenerator(_load_selfies, "SELFIES masked diffusion (MDLM) trained on MOSES",
                                        train="moses", reference="moses", guidance=("qed",)),
+    "qm9-2d": MoleculeGenerator(_load_qm9_2d, "DiGress 2-D graph diffusion trained on QM9 heavy atoms",
+                                train="qm9", reference="qm9"),
 }
 OUTPUT_FORMATS = (".sdf", ".smi", ".csv")
 
 
 def register_generator(name: str, generator: MoleculeGenerator) -> None:
-    """Add a model to ``polydiff generate molecules --model`` (e.g. ``qm9-2d``, ``qm9-3d``)."""
+    """Add a model to ``polydiff generate molecules --model`` (e.g. ``qm9-3d``)."""
     if not isinstance(generator, MoleculeGenerator):
         raise ValueError(f"generator must be a MoleculeGenerator, got {type(generator).__name__}")
     GENERATORS[name] = generator
