@@ -396,8 +396,8 @@ class GradTTS(torch.nn.Module):
         return mu_y, frames
 
     @torch.no_grad()
-    def mel(self, text: str, *, steps: int = 10, temperature: float = 1.5, solver: str = "euler",
-            grid: str = "uniform", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False) -> Tensor:
+    def mel(self, text: str, *, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m",
+            grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False) -> Tensor:
         """Log-mel (n_mels, frames) of ``text``: the diffusion decoder's sample, or the aligned encoder
         mean with ``mean_only``. The starting noise is drawn from torch.Generator().manual_seed(seed)."""
         _check_options(steps, temperature, solver, length_scale)
@@ -418,8 +418,8 @@ class GradTTS(torch.nn.Module):
         peak = float(wav.abs().max())
         return wav * (0.99 / peak) if peak > 0.99 else wav
 
-    def synthesize(self, text: str, steps: int = 10, temperature: float = 1.5, solver: str = "euler", *,
-                   grid: str = "uniform", seed: int = 0, length_scale: float = 1.0,
+    def synthesize(self, text: str, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m", *,
+                   grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0,
                    mean_only: bool = False) -> Tuple[Tensor, int]:
         """(waveform (T,) float32 in [-1, 1], 16000) for ``text``; see :meth:`mel` for the options."""
         mel = self.mel(text, steps=steps, temperature=temperature, solver=solver, grid=grid, seed=seed,
@@ -489,8 +489,8 @@ def pretrained(name: str = "rms") -> GradTTS:
     return load(WEIGHTS_DIR / PRETRAINED[name])
 
 
-def synthesize(text: str, steps: int = 10, temperature: float = 1.5, solver: str = "euler", *,
-               grid: str = "uniform", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False,
+def synthesize(text: str, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m", *,
+               grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False,
                model: Optional[GradTTS] = None) -> Tuple[Tensor, int]:
     """Speak ``text`` with the shipped rms model (or ``model``): (waveform (T,) at 16 kHz, 16000)."""
     m = model if model is not None else _cached_pretrained()
