@@ -40,9 +40,9 @@ from torch import Tensor, nn
 from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphProcess, pair_mask, sample_graph
 
+from .shipped import WEIGHTS_DIR, read_folder, shipped_folder
 from .convert import AtomVocab
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAINED = {"qm9-2d": "DiGress (2-D graph diffusion) on QM9 heavy atoms, trained on CPU; see its README.md"}
 EDGE_NAMES = ("none", "single", "double", "triple")
 BOND_ORDER = (0.0, 1.0, 2.0, 3.0)
@@ -380,25 +380,16 @@ class GraphDiffusionModel:
 
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "GraphDiffusionModel":
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise ValueError(f"{folder} holds no graph model (config.json and model.safetensors)")
-        model = cls.from_config(json.loads((folder / "config.json").read_text()))
-        model.net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        cfg, state = read_folder(folder, "graph model")
+        model = cls.from_config(cfg)
+        model.net.load_state_dict(state)
         model.net.eval()
         return model
 
 
 def pretrained(name: str = "qm9-2d") -> GraphDiffusionModel:
     """A shipped graph model by name (``PRETRAINED`` lists them)."""
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained graph model {name!r}; valid: {', '.join(PRETRAINED)}")
-    folder = WEIGHTS_DIR / name
-    if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"the weights of {name!r} are missing from {folder}; train them with "
-                         f"python -m polydiff.domains.molecules.train_graph --out {folder}")
-    return GraphDiffusionModel.load(folder)
+    return GraphDiffusionModel.load(shipped_folder(name, PRETRAINED, "graph", "train_graph"))
 
 
 def sample_molecules(n: int, steps: int = 100, seed: int = 0, name: str = "qm9-2d") -> List[Optional[Any]]:

@@ -35,9 +35,9 @@ from torch import Tensor
 
 from polydiff.core import discrete, nets
 
+from .shipped import WEIGHTS_DIR, read_folder, shipped_folder
 from .convert import SelfiesTokenizer
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAINED = {"moses-selfies": "MDLM on SELFIES of MOSES train (C N S O F Cl Br), trained on CPU; see its README.md"}
 REWARDS = ("qed",)
 _CONFIG_KEYS = ("symbols", "length", "hidden", "depth", "heads", "mlp_ratio", "freq_dim", "schedule")
@@ -250,12 +250,9 @@ class SelfiesModel:
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "SelfiesModel":
         """The model saved in ``folder`` by :meth:`save`."""
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
-            raise ValueError(f"{folder} holds no SELFIES model (config.json and model.safetensors)")
-        model = cls.from_config(json.loads((folder / "config.json").read_text()))
-        model.net.load_state_dict(load_file(str(folder / "model.safetensors")))
+        cfg, state = read_folder(folder, "SELFIES model")
+        model = cls.from_config(cfg)
+        model.net.load_state_dict(state)
         model.net.eval()
         return model
 
@@ -268,13 +265,7 @@ def _check_count(v: Any, name: str) -> int:
 
 def pretrained(name: str = "moses-selfies") -> SelfiesModel:
     """A shipped model by name (``PRETRAINED`` lists them)."""
-    if name not in PRETRAINED:
-        raise ValueError(f"unknown pretrained SELFIES model {name!r}; valid: {', '.join(PRETRAINED)}")
-    folder = WEIGHTS_DIR / name
-    if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"the weights of {name!r} are missing from {folder}; train them with "
-                         f"python -m polydiff.domains.molecules.train_selfies --out {folder}")
-    return SelfiesModel.load(folder)
+    return SelfiesModel.load(shipped_folder(name, PRETRAINED, "SELFIES", "train_selfies"))
 
 
 __all__ = ["SelfiesDenoiser", "SelfiesModel", "pretrained", "PRETRAINED", "REWARDS", "WEIGHTS_DIR"]
