@@ -57,13 +57,18 @@ def _evaluate_speech(args: argparse.Namespace) -> int:
     return 0
 
 
-def _speak(args: argparse.Namespace) -> int:
+def _set_threads(threads: int) -> None:
+    """One torch thread by default: real time on one core, and no oversubscription on a shared CPU."""
     import torch
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+
+
+def _speak(args: argparse.Namespace) -> int:
     from polydiff.domains.audio import io as aio
     from polydiff.domains.audio.tts import pretrained
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    _set_threads(args.threads)
     if not str(args.out).lower().endswith(".wav"):
         raise ValueError(f"--out must be a .wav file, got {args.out!r}")
     from polydiff.domains.audio.text import cmudict
@@ -84,12 +89,9 @@ def _speak(args: argparse.Namespace) -> int:
 
 
 def _enhance(args: argparse.Namespace) -> int:
-    import torch
     from polydiff.domains.audio import enhance as E
     from polydiff.domains.audio import io as aio
-    torch.set_num_threads(max(1, int(getattr(args, "threads", None) or 1)))
-    if args.method not in E.METHODS:
-        raise ValueError(f"unknown method {args.method!r}; valid: {', '.join(E.METHODS)}")
+    _set_threads(args.threads)
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
     x, rate = aio.read(args.input, allow_clipped=True)
@@ -153,8 +155,7 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
     s.add_argument("--length-scale", type=float, default=1.0, help="speaking-rate factor on durations (> 1 slower)")
     s.add_argument("--mean-only", action="store_true",
                    help="vocode the encoder mean without diffusion (the ablation; faster, muffled)")
-    s.add_argument("--threads", type=int, default=1,
-                   help="torch threads (default 1: real time on one core, and no oversubscription on a shared CPU)")
+    s.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     s.set_defaults(func=_speak)
     # ---- enhance: `polydiff enhance IN.wav --out OUT.wav` (SGMSE+, Wiener, unsupervised; domains/audio/enhance.py)
     p = verbs["enhance"]("enhance", help="remove noise from speech (SGMSE+ diffusion, or a Wiener baseline)",
@@ -168,5 +169,6 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
     p.add_argument("--method", default="sgmse", choices=["sgmse", "wiener", "unsupervised"],
                    help="sgmse (default), wiener (classical baseline), unsupervised (clean prior + noise model)")
     p.add_argument("--model", default="rms", help="shipped model name (default rms)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_enhance)
