@@ -17,6 +17,15 @@ A run config is a JSON or TOML file (TOML needs Python >= 3.11) with the section
            discrete: {"kind": "elbo" | "d3pm" | "ce", ...} (ContinuousELBO, D3PMLoss, CrossEntropyLoss)
     train  polydiff.core.training.TrainConfig fields (steps, batch_size, lr, out_dir, ...)
 
+A domain model (speech, molecules) has its own training script; its config names it instead:
+
+    task   one of DOMAIN_TRAINERS ("audio.tts", "audio.enhance", "audio.vocoder", "molecules.graph",
+           "molecules.selfies")
+    args   that script's command-line options by name ({"corpus": "data/LJSpeech-1.1", "minutes": 600});
+           true gives a bare flag, false or null leaves the option out, a list gives several values
+
+e.g. ``polydiff train tasks/configs/tts_ljspeech.toml args.corpus=/data/LJSpeech-1.1``.
+
 KEY=VALUE overrides set any field by its dotted name; VALUE is read as JSON when it parses (numbers,
 true/false, null, lists) and as a string otherwise. The resolved config is written to
 ``<out_dir>/run_config.json`` beside the checkpoints, so every run can be repeated with
@@ -33,7 +42,15 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-SECTIONS = ("data", "net", "path", "process", "loss", "train")
+SECTIONS = ("data", "net", "path", "process", "loss", "train", "task", "args")
+# domain training scripts a run config can name with ``task`` (each module has main(argv) -> int)
+DOMAIN_TRAINERS = {
+    "audio.tts": "polydiff.domains.audio.train_tts",
+    "audio.enhance": "polydiff.domains.audio.train_enhance",
+    "audio.vocoder": "polydiff.domains.audio.train_vocoder",
+    "molecules.graph": "polydiff.domains.molecules.train_graph",
+    "molecules.selfies": "polydiff.domains.molecules.train_selfies",
+}
 
 
 # ---------------------------------------------------------------- config files
@@ -161,11 +178,53 @@ def build_loss(spec: Dict[str, Any], path: Any):
         raise ValueError(f"bad loss config: {e}") from None
 
 
+def domain_argv(cfg: Dict[str, Any]) -> List[str]:
+    """The command line of a domain training script from a config's ``args`` mapping."""
+    spec = cfg.get("args", {})
+    if not isinstance(spec, dict):
+        raise ValueError("a run config's 'args' must be a mapping of option names to values")
+    argv: List[str] = []
+    for key, value in spec.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False or value is None:
+            continue
+        elif isinstance(value, list):
+            argv += [flag, *[str(v) for v in value]]
+        elif isinstance(value, dict):
+            argv += [flag, json.dumps(value)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def train_domain(cfg: Dict[str, Any]) -> int:
+    """Run the domain training script that ``cfg["task"]`` names with the options of ``cfg["args"]``."""
+    import importlib
+    task = cfg.get("task")
+    if task not in DOMAIN_TRAINERS:
+        raise ValueError(f"unknown training task {task!r}; valid: {sorted(DOMAIN_TRAINERS)}")
+    other = sorted(set(cfg) - {"task", "args"})
+    if other:
+        raise ValueError(f"a domain run config (task = {task!r}) takes only 'task' and 'args', not {other}")
+    try:
+        module = importlib.import_module(DOMAIN_TRAINERS[task])
+    except ModuleNotFoundError as e:
+        raise ValueError(f"training task {task!r} needs {e.name!r}, which is not installed") from None
+    try:
+        return int(module.main(domain_argv(cfg)) or 0)
+    except SystemExit as e:       # argparse rejected an option: its message is already printed
+        raise ValueError(f"training task {task!r} rejected the options in 'args' (exit {e.code})") from None
+
+
 def train(cfg: Dict[str, Any]) -> FsPath:
     """Run a training job from a resolved config; returns the run directory."""
     from polydiff.core import nets
     from polydiff.core.training import TrainConfig, Trainer, is_main
     from polydiff.core.training.files import write_json
+    if "args" in cfg:
+        raise ValueError("'args' belongs to a domain run config: name its training script with task = ...")
     for section in ("data", "net", "train"):
         if section not in cfg:
             raise ValueError(f"a run config needs a {section!r} section")
@@ -347,7 +406,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if getattr(args, "threads", None):
             torch.set_num_threads(args.threads)
         if args.command == "train":
-            out = train(apply_overrides(read_config(args.config), args.overrides))
+            cfg = apply_overrides(read_config(args.config), args.overrides)
+            if "task" in cfg:
+                return train_domain(cfg)
+            out = train(cfg)
             print(f"trained; model in {out / 'model'}")
         elif args.command == "sample":
             sample_model(args.model_dir, args.num, solver=args.solver, steps=args.steps, grid=args.grid,

@@ -98,3 +98,56 @@ def test_list_names():
     assert "first_hitting" in cli.list_names("discrete")
     with pytest.raises(ValueError, match="valid"):
         cli.list_names("colors")
+
+
+# ---------------------------------------------------------------- domain training configs
+CONFIG_DIR = __import__("pathlib").Path(cli.__file__).resolve().parent / "configs"
+
+
+def test_domain_argv_spells_every_kind_of_value():
+    cfg = {"task": "audio.tts", "args": {"corpus": "c", "minutes": 1.5, "quiet": True, "resume": False,
+                                         "init": None, "babble": ["a", "b"], "config": {"hidden": 64},
+                                         "checkpoint_minutes": 2}}
+    assert cli.domain_argv(cfg) == ["--corpus", "c", "--minutes", "1.5", "--quiet", "--babble", "a", "b",
+                                    "--config", '{"hidden": 64}', "--checkpoint-minutes", "2"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIG_DIR.glob("*.toml")))
+def test_shipped_domain_configs_parse_with_their_training_scripts(name):
+    import importlib
+    cfg = cli.read_config(str(CONFIG_DIR / name))
+    if "task" not in cfg:
+        assert {"data", "net", "train"} <= set(cfg)
+        return
+    assert set(cfg) == {"task", "args"}
+    module = importlib.import_module(cli.DOMAIN_TRAINERS[cfg["task"]])
+    parsed = vars(module.build_parser().parse_args(cli.domain_argv(cfg)))
+    for key, value in cfg["args"].items():   # every option reached the script with its value
+        got = parsed[key]
+        want = json.dumps(value) if isinstance(value, dict) else value
+        assert got == want or (isinstance(got, float) and got == float(want)), (key, got, want)
+
+
+def test_domain_config_errors_are_clear(tmp_path, capsys):
+    f = tmp_path / "bad.json"
+    for cfg, message in (({"task": "audio.nope", "args": {}}, "unknown training task 'audio.nope'"),
+                         ({"task": "audio.tts", "args": {}, "net": {}}, "takes only 'task' and 'args'"),
+                         ({"task": "audio.tts", "args": {"no_such_option": 1}}, "rejected the options"),
+                         ({"args": {"out": "x"}, "data": {}, "net": {}, "train": {}}, "'args' belongs to a domain")):
+        f.write_text(json.dumps(cfg))
+        assert cli.main(["train", str(f)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_train_dispatches_a_domain_config_to_its_script(tmp_path):
+    from polydiff.domains.audio import corpus, tts
+    root = corpus.build_corpus(tmp_path / "c", voice="rms", n=3, seed=1, progress=False)
+    cfg = {"task": "audio.tts", "args": {"corpus": str(root), "out": str(tmp_path / "run"), "steps": 2,
+                                         "batch": 2, "quiet": True,
+                                         "config": {"hidden": 32, "heads": 2, "ffn": 64, "dur_filters": 32}}}
+    f = tmp_path / "tts.json"
+    f.write_text(json.dumps(cfg))
+    assert cli.main(["train", str(f), "args.seed=3"]) == 0
+    model = tts.load(tmp_path / "run")
+    assert model.config.hidden == 32
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 2

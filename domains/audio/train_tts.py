@@ -60,7 +60,8 @@ def collate(ids: Sequence[torch.Tensor], mels: Sequence[torch.Tensor]
     return X, xl, Y, yl
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also read by ``polydiff train`` configs)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", required=True, help="LJSpeech-format folder (wavs/, metadata.csv)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and train.log")
@@ -80,7 +81,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--init", default=None,
                    help="continue from a saved model folder (its config and EMA weights; a fresh optimizer)")
     p.add_argument("--quiet", action="store_true")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = build_parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     t_start = time.time()
     overrides = {}
@@ -146,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1 - decay)
         for k in run:
-            run[k] += float(losses[k])
+            run[k] += float(losses[k].detach())
         bar.update(1)
         if step % a.log_every == 0:
             avg = {k: v / a.log_every for k, v in run.items()}

@@ -70,7 +70,8 @@ def statistics(g: Dict[str, np.ndarray], max_nodes: int):
     return vocab, (node_counts / node_counts.sum()).tolist(), (edge_counts / edge_counts.sum()).tolist(), sizes.tolist()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also read by ``polydiff train`` configs)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for config.json, model.safetensors and log.jsonl")
     ap.add_argument("--steps", type=int, default=100_000)
@@ -91,7 +92,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", default=None)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.steps < 1 or args.batch < 1 or args.save_every < 1 or args.lr <= 0:
         raise ValueError("--steps, --batch, --save-every must be >= 1 and --lr > 0")
     torch.set_num_threads(args.threads)

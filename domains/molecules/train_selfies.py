@@ -57,7 +57,8 @@ def encode_moses(n: int, seed: int = 0, cache_dir: Optional[str] = None, split: 
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also read by ``polydiff train`` configs)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for config.json, model.safetensors and log.jsonl")
     ap.add_argument("--molecules", type=int, default=200_000, help="MOSES train molecules used (0: all)")
@@ -77,7 +78,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--init", default=None, help="start from the weights of a saved SELFIES model folder (same "
                                                  "alphabet, length and architecture; the optimizer starts afresh)")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from polydiff.core import discrete
