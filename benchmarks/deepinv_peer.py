@@ -101,8 +101,10 @@ def noise_levels(name: str, nfe: int) -> torch.Tensor:
 
 
 def run(name: str, *, prior, A: torch.Tensor, y: torch.Tensor, sy: float, n: int, nfe: int,
-        g: torch.Generator, post=None, unit_norm: bool = True):
+        g: torch.Generator, post=None, unit_norm: bool = True, zeta: float = 0.1):
     """n deepinv samples (float64, x units) for y = A x + sigma_y n; returns (x, NFE per sample).
+
+    ``zeta``: DiffPIR's fresh-noise fraction (deepinv's default 0.1; its authors use 1 for inpainting).
 
     ``unit_norm``: hand deepinv the measurement divided by the spectral norm c of its physics (y / c,
     A / c, sigma_y / c: the same likelihood), the regime of deepinv's own operators (masks, normalised
@@ -128,7 +130,7 @@ def run(name: str, *, prior, A: torch.Tensor, y: torch.Tensor, sy: float, n: int
         D = _Denoiser(prior, "u")
         phys = _physics(A, S, sy)
         yu = (y + (S / 2) * A.sum(1)).expand(n, -1).clone()
-        model = dinv.sampling.DiffPIR(D, dinv.optim.data_fidelity.L2(), sigma=sy, max_iter=nfe)
+        model = dinv.sampling.DiffPIR(D, dinv.optim.data_fidelity.L2(), sigma=sy, max_iter=nfe, zeta=zeta)
         with torch.no_grad():
             u = model(yu, phys)
         return S * (u.double() - 0.5), D.calls

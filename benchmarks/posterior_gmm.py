@@ -30,7 +30,9 @@ method must approach the floor.
 The methods whose importance weights use a Gaussian approximation of p(x0 | x_t) (mcgdiff's
 reference potential, tds, fk) get ``data_var`` = the prior's variance per coordinate
 (``data_variance``), a statistic of the data a user knows. pigdm keeps its default (1.0): the
-prior's variance makes its guidance far worse here.
+prior's variance makes its guidance far worse here. ddrm and diffpir get a second row on the "sigma"
+grid (uniform in sigma/alpha) started at 4 data standard deviations (``sigma_start``): deepinv's DDRM
+starts at the data range, and the same data scale is what that setting uses.
 
     python benchmarks/posterior_gmm.py --quick            # d=80, 5 problems, 1000 samples, growth to K=1024 (~30 min, 1 thread)
     python benchmarks/posterior_gmm.py                    # the full MCGdiff setup (d 8/80/800, 20 problems, 2000 samples)
@@ -124,11 +126,17 @@ CONFIGS = {
     "mcgdiff": (32, {"data_var": DATA_VAR}), "fps": (32, {}), "tds": (32, {"data_var": DATA_VAR}),
     "fk": (32, {"data_var": DATA_VAR}),
 }
+# methods that also get a row on the "sigma" grid started at SIGMA_START_STD data standard deviations
+# (posterior_sample's sigma_start; the setting their docstrings recommend for multimodal priors)
+SIGMA_START_STD = 4.0
+SIGMA_GRID = {"ddrm": {"sigma grid from 4 std": {}},
+              "diffpir": {"sigma grid from 4 std": {}, "sigma grid from 4 std, zeta=1": {"zeta": 1.0}}}
 
 
-def run_method(name, D, A, y, sy, n, nfe, g, path, particles=None, data_var=1.0, independent=False):
+def run_method(name, D, A, y, sy, n, nfe, g, path, particles=None, data_var=1.0, independent=False, **extra):
     """n samples of ``name`` at ``nfe`` evaluations per sample (per particle for particle methods);
-    ``independent``: one sample per system of K particles instead of all K particles of n / K systems."""
+    ``independent``: one sample per system of K particles instead of all K particles of n / K systems;
+    ``extra``: more posterior_sample arguments (grid=, sigma_start=, method options)."""
     K, opts = CONFIGS[name]
     K = particles or K
     opts = {k: (data_var if v is DATA_VAR else v) for k, v in opts.items()}
@@ -137,7 +145,7 @@ def run_method(name, D, A, y, sy, n, nfe, g, path, particles=None, data_var=1.0,
     t0 = time.time()
     x, info = posterior_sample(D, y.expand(rows, -1), MatrixOperator(A), path=path, method=name, steps=steps,
                                sigma_y=sy, generator=g, particles=K, all_particles=bool(K) and not independent,
-                               return_info=True, **opts)
+                               return_info=True, **extra, **opts)
     if x.shape[0] > n:   # K does not divide n: drop random particles of the last systems' sets
         x = x[torch.randperm(x.shape[0], generator=g)[:n]]
     return x, info["nfe"], info["backward"], time.time() - t0, K
@@ -170,6 +178,9 @@ def main(argv=None):
                     help="also run deepinv's DPS and DiffPIR on the physics before its scaling to unit spectral "
                          "norm (see deepinv_peer.run)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="problem p of cell (d, d_y) uses seed 1000 d + 10 d_y + p + offset: other problems, "
+                         "for checking that a ranking holds on problems it was not tuned on")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -199,7 +210,7 @@ def main(argv=None):
             res = {}
             t_cell = time.time()
             for p in range(nprob):
-                seed = 1000 * d + 10 * dy + p
+                seed = 1000 * d + 10 * dy + p + a.seed_offset
                 prior, A, y, sy = problem(d, dy, seed)
                 post = prior.posterior(A, y, sy)
                 dvar = data_variance(prior)
@@ -229,6 +240,11 @@ def main(argv=None):
                         x, nf, bw, wall, K = run_method(name, D, A, y, sy, n, nfe, gen(name, nfe), path,
                                                         data_var=dvar)
                         add((name, nfe, K or 0), sw1(x, refs, dirs), nf, bw, wall)
+                        for label, extra in SIGMA_GRID.get(name, {}).items():
+                            x, nf, bw, wall, K = run_method(name, D, A, y, sy, n, nfe, gen(name, nfe, label), path,
+                                                            grid="sigma", sigma_start=SIGMA_START_STD * math.sqrt(dvar),
+                                                            **extra)
+                            add((f"{name} ({label})", nfe, 0), sw1(x, refs, dirs), nf, bw, wall)
                     if CONFIGS[name][0]:
                         for K in growth:
                             if K == CONFIGS[name][0] and 100 in a.nfe:
@@ -248,6 +264,11 @@ def main(argv=None):
                                              g=gen("deepinv", pname, nfe))
                             add((f"deepinv:{pname}", nf, 0), sw1(x, refs, dirs), nf, nf if pname == "dps" else 0,
                                 time.time() - t0)
+                            if pname == "diffpir":   # the authors' inpainting setting: fresh noise at every step
+                                t0 = time.time()
+                                x, nf = peer.run(pname, post=None, prior=prior, A=A, y=y, sy=sy, n=n, nfe=nfe,
+                                                 g=gen("deepinv", pname, nfe, "zeta=1"), zeta=1.0)
+                                add((f"deepinv:{pname} zeta=1", nf, 0), sw1(x, refs, dirs), nf, 0, time.time() - t0)
                             if pname != "ddrm" and a.peer_raw_scale:   # DDRM is invariant to the scaling
                                 x, nf = peer.run(pname, post=None, prior=prior, A=A, y=y, sy=sy, n=n, nfe=nfe,
                                                  g=gen("deepinv", pname, nfe), unit_norm=False)
@@ -281,7 +302,8 @@ def main(argv=None):
                 all_rows.append(dict(d=d, dy=dy, method=name, nfe=v[0][1], particles=K, backward=v[0][2],
                                      sw_mean=m, sw_hw=hw, x_floor=m / fl, wall=wall,
                                      problems=nprob, samples=n_ind if small else n))
-            pairs = [(k, ("deepinv:" + k[0].split(" ")[0], k[1] + (1 if "levels" in k[0] and k[0].startswith("ddrm") else 0), 0))
+            pairs = [(k, ("deepinv:" + k[0].split(" ")[0] + (" zeta=1" if "zeta=1" in k[0] else ""),
+                          k[1] + (1 if "levels" in k[0] and k[0].startswith("ddrm") else 0), 0))
                      for k in res if not k[0].startswith(("deepinv", "floor", "ceiling"))]
             pairs += [(k, (kp[0] + " unscaled physics", kp[1], 0)) for k, kp in pairs]
             pairs += [(k, (k[0].replace(" unscaled physics", ""), k[1], 0)) for k in res if k[0].endswith("unscaled physics")]

@@ -2,7 +2,8 @@
 
 Named grids are defined by noise level, so they mean the same thing on every path: "uniform" and
 "quadratic" are spaced in the path's own t, "logsnr" uniformly in lambda = log(alpha/sigma) (DPM-Solver's
-default), "karras" in sigma^(1/rho) with sigma = exp(-lambda) (EDM's rho = 7). lambda-based grids
+default), "karras" in sigma^(1/rho) with sigma = exp(-lambda) (EDM's rho = 7), "sigma" uniformly in
+sigma = sigma/alpha itself (karras with rho = 1: deepinv's DDRM levels, most steps at high noise). lambda-based grids
 span the path's own noise range from t_start to t_end; an end with infinite lambda is replaced by
 sigma_max (zero SNR, e.g. flow at t = 1) or sigma_min (sigma = 0, e.g. VP at t = 0), defaults EDM's
 80 and 0.002. They always start exactly at t_start and end exactly at t_end (a t_end at sigma = 0
@@ -22,7 +23,7 @@ import torch
 from .paths import LOGSNR_CLIP, Path
 
 Tensor = torch.Tensor
-GRIDS = ("uniform", "quadratic", "logsnr", "karras")
+GRIDS = ("uniform", "quadratic", "logsnr", "karras", "sigma")
 
 
 def _lambda_range(path: Path, t_start: float, t_end: float, sigma_min: float, sigma_max: float):
@@ -63,7 +64,8 @@ def make_grid(name: str, steps: int, path: Path, t_start: float = 1.0, t_end: fl
     v = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
     if name == "logsnr":
         lam = lo + (hi - lo) * v
-    else:  # karras: uniform in sigma^(1/rho), sigma = exp(-lambda)
+    else:  # karras: uniform in sigma^(1/rho), sigma = exp(-lambda); "sigma" is rho = 1
+        rho = 1.0 if name == "sigma" else rho
         s_hi, s_lo = math.exp(-lo / rho), math.exp(-hi / rho)
         lam = -rho * torch.log(s_hi + (s_lo - s_hi) * v)
     t = path.t_from_logsnr(lam.clamp(-LOGSNR_CLIP, LOGSNR_CLIP)).to(torch.float64)

@@ -13,7 +13,7 @@ ALL_PATHS = [paths.VP("linear"), paths.VP("cosine"), paths.SubVP(), paths.VE(), 
 
 
 @pytest.mark.parametrize("path", ALL_PATHS, ids=repr)
-@pytest.mark.parametrize("name", ["uniform", "quadratic", "logsnr", "karras"])
+@pytest.mark.parametrize("name", ["uniform", "quadratic", "logsnr", "karras", "sigma"])
 @pytest.mark.parametrize("steps", [1, 2, 7])
 def test_named_grids_are_decreasing_and_hit_both_ends(path, name, steps):
     g = make_grid(name, steps, path)
@@ -31,6 +31,16 @@ def test_logsnr_and_karras_grids_are_spaced_as_defined():
     assert math.isclose(float(path.logsnr(g[-2])), -math.log(0.002), rel_tol=1e-9)
     k = make_grid("karras", 6, paths.EDM())   # on the EDM path the Karras grid is uniform in t
     assert torch.allclose(k[:-1], torch.linspace(1, 0, 7, dtype=torch.float64)[:-1], atol=1e-9)
+
+
+def test_sigma_grid_is_uniform_in_the_noise_level_from_a_chosen_start():
+    path = paths.VP()
+    t0 = float(path.t_from_sigma_ve(torch.tensor(40.0, dtype=torch.float64)))
+    g = make_grid("sigma", 8, path, t_start=t0)   # VP reaches sigma = 0 at t = 0: levels 40 .. 0.002, then 0
+    s = path.sigma_ve(g[:-1])
+    assert math.isclose(float(s[0]), 40.0, rel_tol=1e-6) and math.isclose(float(s[-1]), 0.002, rel_tol=1e-6)
+    gaps = torch.diff(s)
+    assert torch.allclose(gaps, gaps[0].expand_as(gaps), rtol=1e-6)
 
 
 def test_quadratic_grid_is_denser_near_data():

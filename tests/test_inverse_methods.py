@@ -223,6 +223,26 @@ def test_reproducible_and_info(problem):
     assert methods()["tds"].cost(10, 4) == {"nfe": 40, "backward": 40}
 
 
+def test_sigma_start_starts_the_named_grid_at_that_noise_level(problem):
+    path, seen = problem["path"], []
+
+    def D(x, t, **cond):
+        seen.append(float(t[0]))
+        return problem["D"](x, t, **cond)
+
+    g = torch.Generator().manual_seed(0)
+    posterior_sample(D, problem["y"], MatrixOperator(problem["A"]), path=path, method="ddrm", steps=10,
+                     sigma_y=problem["sy"], generator=g, grid="sigma", sigma_start=5.0)
+    levels = path.sigma_ve(torch.tensor(seen, dtype=DT))
+    assert len(seen) == 10 and abs(float(levels[0]) - 5.0) < 1e-6
+    gaps = torch.diff(levels)                 # the "sigma" grid: evenly spaced noise levels
+    assert torch.allclose(gaps, gaps[0].expand_as(gaps), rtol=1e-6)
+    seen.clear()                               # above the path's own maximum: the path's start, t = 1
+    posterior_sample(D, problem["y"], MatrixOperator(problem["A"]), path=path, method="ddrm", steps=4,
+                     sigma_y=problem["sy"], generator=g, sigma_start=1e6)
+    assert seen[0] == 1.0
+
+
 def test_daps_cost_counts_its_ode_steps_once(problem):
     """DAPS costs levels x ode_steps evaluations: the stated cost equals the counted one."""
     for ode_steps in (2, 5):
@@ -273,6 +293,11 @@ def test_bad_input(problem):
         posterior_sample(D, y, op, method="ddrm", particles=4, **kw)
     with pytest.raises(ValueError, match="no option"):
         posterior_sample(D, y, op, method="ddrm", bogus=1, **kw)
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="sigma_start"):
+            posterior_sample(D, y, op, method="ddrm", sigma_start=bad, **kw)
+    with pytest.raises(ValueError, match="sigma_start applies to named grids"):
+        posterior_sample(D, y, op, method="ddrm", sigma_start=3.0, grid=torch.linspace(1, 0, 6), **kw)
     with pytest.raises(ValueError, match="unknown posterior sampling method"):
         posterior_sample(D, y, op, method="nope", **kw)
     for name, bad in (("mcgdiff", {"order": 3}), ("mcgdiff", {"data_var": -1.0}), ("mcgdiff", {"eta": 0.0}),

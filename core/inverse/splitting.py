@@ -25,8 +25,13 @@ def diffpir(prob: Problem, x: Tensor, lambda_: float = 7.0, zeta: float = 0.1) -
     unnormalised objective; varsigma = sigma/alpha), by ``prox_data`` (closed form for SVD
     operators, conjugate gradients otherwise); then eps-hat = (x_i - alpha_i x0-hat) / sigma_i and
     x_{i+1} = alpha_{i+1} x0-hat + sigma_{i+1} (sqrt(1 - zeta) eps-hat + sqrt(zeta) z).
-    Defaults lambda = 7, zeta = 0.1 (deepinv's; the paper uses 20-100 steps). Cost: 1 NFE per step,
-    no backward pass, one prox per step. Needs a linear operator.
+    Defaults lambda = 7, zeta = 0.1 (deepinv's, and the authors' for deblurring and super-resolution;
+    the paper uses 20-100 steps). The authors use zeta = 1 for inpainting: with most directions
+    unmeasured, fresh noise at every step lets samples move between the prior's modes. Cost: 1 NFE
+    per step, no backward pass, one prox per step. Needs a linear operator. The start is
+    N(0, sigma_0^2) (the paper's Algorithm 1; the authors' code and deepinv start from the measurement,
+    which depends on the operator's scale). Like ddrm, it gains on multimodal priors from
+    ``grid="sigma", sigma_start=4 * data_std``.
     """
     if not 0 <= zeta <= 1 or lambda_ <= 0:
         raise ValueError(f"diffpir needs lambda_ > 0 and zeta in [0, 1], got {lambda_}, {zeta}")

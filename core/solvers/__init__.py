@@ -31,7 +31,7 @@ def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, 
         ``Denoiser``). noise: standard normal of the output shape (B, ...); the start is
         sigma(t_start) * noise, or ``x_init`` if given (e.g. to start part-way, SDEdit-style).
     steps: solver steps; each solver spends ``solvers()[name].nfe(steps)`` evaluations.
-    grid: "uniform", "quadratic", "logsnr", "karras" or a decreasing tensor of times (N + 1,) or
+    grid: "uniform", "quadratic", "logsnr", "karras", "sigma" or a decreasing tensor of times (N + 1,) or
         (N + 1, B) for per-sample grids (then ``steps`` may be None). The columns of a per-sample
         grid must reach sigma = 0 at the same step; where only some start a step at zero SNR,
         edm, euler_maruyama and pc take their zero-SNR step for the whole batch.
