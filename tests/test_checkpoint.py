@@ -311,3 +311,28 @@ def test_sigkill_at_random_moments_keeps_checkpoints_and_resume_is_exact(tmp_pat
     a, b = load(run), load(ref_dir)
     assert all(torch.equal(p, q) for p, q in zip(a.net.state_dict().values(), b.net.state_dict().values()))
     assert not any(p.name.startswith(".tmp-") for p in (run / "checkpoints").iterdir())
+
+
+def test_read_model_folder_reads_a_saved_folder_and_names_every_defect(tmp_path):
+    from polydiff.core.training.files import read_model_folder, save_tensors
+    d = tmp_path / "m"
+    d.mkdir()
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    save_tensors(d / "model.safetensors", state)
+    (d / "config.json").write_text(json.dumps({"model": "toy", "config": {"width": 3}}))
+    cfg, got = read_model_folder(d, "toy model", model="toy")
+    assert cfg["config"] == {"width": 3} and torch.equal(got["w"], state["w"])
+    with pytest.raises(ValueError, match="holds no toy model"):
+        read_model_folder(tmp_path / "nowhere", "toy model")
+    with pytest.raises(ValueError, match="does not describe a toy model .*'other'"):
+        read_model_folder(d, "toy model", model="other")
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="malformed JSON"):
+        read_model_folder(d, "toy model")
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a JSON object"):
+        read_model_folder(d, "toy model")
+    (d / "config.json").write_text(json.dumps({"model": "toy"}))
+    (d / "model.safetensors").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="not a valid safetensors file"):
+        read_model_folder(d, "toy model")

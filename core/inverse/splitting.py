@@ -25,8 +25,10 @@ def diffpir(prob: Problem, x: Tensor, lambda_: float = 7.0, zeta: float = 0.1) -
     unnormalised objective; varsigma = sigma/alpha), by ``prox_data`` (closed form for SVD
     operators, conjugate gradients otherwise); then eps-hat = (x_i - alpha_i x0-hat) / sigma_i and
     x_{i+1} = alpha_{i+1} x0-hat + sigma_{i+1} (sqrt(1 - zeta) eps-hat + sqrt(zeta) z).
-    Defaults lambda = 7, zeta = 0.1 (deepinv's, and the authors' for deblurring and super-resolution;
-    the paper uses 20-100 steps). The authors use zeta = 1 for inpainting: with most directions
+    Defaults lambda = 7, zeta = 0.1 (deepinv's numbers, and the authors' zeta for deblurring and
+    super-resolution; the paper uses 20-100 steps). deepinv forms rho from its denoiser's noise level in
+    [-1, 1] units while its data step works in [0, 1], so its lambda = 7 weighs the data as lambda = 3.5
+    does here (measured: at 3.5 the two agree within noise on ``benchmarks/posterior_gmm.py``). The authors use zeta = 1 for inpainting: with most directions
     unmeasured, fresh noise at every step lets samples move between the prior's modes. Cost: 1 NFE
     per step, no backward pass, one prox per step. Needs a linear operator. The start is
     N(0, sigma_0^2) (the paper's Algorithm 1; the authors' code and deepinv start from the measurement,

@@ -121,5 +121,23 @@ def load_tensors(path: PathLike, device: Union[str, torch.device] = "cpu") -> Di
         raise ValueError(f"{path} is not a valid safetensors file (truncated or corrupt?): {e}") from None
 
 
+def read_model_folder(folder: PathLike, what: str, model: Union[str, None] = None
+                      ) -> "tuple[Dict[str, Any], Dict[str, torch.Tensor]]":
+    """(config, state dict) of a saved model folder (``config.json`` + ``model.safetensors``), the layout
+    every domain model is shipped in. ``what`` names the model in errors; with ``model``, the config's
+    "model" entry must equal it. A missing file, malformed JSON, another kind of model or a truncated
+    weights file is a ValueError naming the file; nothing is unpickled."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ValueError(f"{folder} holds no {what} (config.json and model.safetensors)")
+    config = read_json(folder / "config.json")
+    if not isinstance(config, dict):
+        raise ValueError(f"{folder / 'config.json'} is not a JSON object")
+    if model is not None and config.get("model") != model:
+        raise ValueError(f"{folder / 'config.json'} does not describe a {what} (expected model {model!r}, "
+                         f"got {config.get('model')!r})")
+    return config, load_tensors(folder / "model.safetensors")
+
+
 __all__ = ["atomic_write_bytes", "write_json", "read_json", "save_tensors", "atomic_save_tensors", "load_tensors",
-           "fsync_dir"]
+           "read_model_folder", "fsync_dir"]

@@ -512,13 +512,12 @@ def save_model(directory: PathLike, net: SpecNet, config: Dict[str, Any], half: 
 
 def load_model(directory: PathLike) -> EnhanceModel:
     """An :class:`EnhanceModel` from a directory written by :func:`save_model` (no stored code runs)."""
-    from safetensors.torch import load_file
-    d = FsPath(directory)
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise ValueError(f"{str(d)!r} holds no enhancement model (need config.json and model.safetensors)")
-    config = json.loads((d / "config.json").read_text())
+    from polydiff.core.training.files import read_model_folder
+    config, state = read_model_folder(directory, "enhancement model")
+    if not isinstance(config.get("net"), dict):
+        raise ValueError(f"{directory}: config.json has no 'net' mapping")
     net = SpecNet(**config["net"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(d / "model.safetensors")).items()}
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     net.load_state_dict(state)
     return EnhanceModel(net, config)
 

@@ -60,28 +60,35 @@ def collate(ids: Sequence[torch.Tensor], mels: Sequence[torch.Tensor]
     return X, xl, Y, yl
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of this script (also read by ``polydiff train`` configs)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def training_parser(description: str, *, model: str, minutes: float, batch: int, lr: float, warmup: int,
+                    ema: float) -> argparse.ArgumentParser:
+    """The command line shared by the audio training scripts (Grad-TTS, the diffusion vocoder): corpus,
+    budget, Adam with warm-up and clipping, EMA, checkpoints; ``model`` names the config class."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpus", required=True, help="LJSpeech-format folder (wavs/, metadata.csv)")
     p.add_argument("--out", required=True, help="output folder for checkpoints and train.log")
-    p.add_argument("--minutes", type=float, default=55.0, help="wall-clock training budget (default 55)")
+    p.add_argument("--minutes", type=float, default=minutes, help=f"wall-clock training budget (default {minutes:g})")
     p.add_argument("--steps", type=int, default=10 ** 9, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=200)
-    p.add_argument("--ema", type=float, default=0.998, help="EMA decay per step (ramped up as min(decay, (1+s)/(10+s)))")
+    p.add_argument("--batch", type=int, default=batch)
+    p.add_argument("--lr", type=float, default=lr)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--ema", type=float, default=ema, help="EMA decay per step (ramped up as min(decay, (1+s)/(10+s)))")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    p.add_argument("--config", default=None, help="JSON file (or inline JSON) of TTSConfig overrides")
+    p.add_argument("--config", default=None, help=f"JSON file (or inline JSON) of {model} overrides")
     p.add_argument("--init", default=None,
                    help="continue from a saved model folder (its config and EMA weights; a fresh optimizer)")
     p.add_argument("--quiet", action="store_true")
     return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script (also read by ``polydiff train`` configs)."""
+    return training_parser(__doc__, model="TTSConfig", minutes=55.0, batch=16, lr=1e-3, warmup=200, ema=0.998)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -460,25 +460,15 @@ def _check_options(steps: int, temperature: float, solver: str, length_scale: fl
 
 def load(model_dir: Union[str, Path]) -> GradTTS:
     """A :class:`GradTTS` from a folder with ``config.json`` and ``model.safetensors`` (eval mode)."""
-    from safetensors.torch import load_file
-    d = Path(model_dir)
-    cfg_file, w_file = d / "config.json", d / "model.safetensors"
-    if not cfg_file.is_file() or not w_file.is_file():
-        raise ValueError(f"{d} is not a Grad-TTS model folder: need config.json and model.safetensors")
-    try:
-        meta = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_file} is not valid JSON: {e}") from None
-    if meta.get("model") != "grad_tts" or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{cfg_file} does not describe a Grad-TTS model (expected model 'grad_tts')")
+    from polydiff.core.training.files import read_model_folder
+    meta, state = read_model_folder(model_dir, "Grad-TTS model", model="grad_tts")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{model_dir}: config.json has no 'config' mapping")
     model = GradTTS(TTSConfig.from_dict(meta["config"]))
-    try:
-        state = load_file(str(w_file))
-    except Exception as e:           # safetensors raises its own error types for truncated files
-        raise ValueError(f"cannot read {w_file}: {e}") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{w_file} does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(f"{model_dir}: the weights do not match the config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
     return model.eval()
 
 

@@ -39,8 +39,9 @@ from torch import Tensor, nn
 
 from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphProcess, pair_mask, sample_graph
+from polydiff.core.training.files import read_model_folder
 
-from .shipped import WEIGHTS_DIR, read_folder, shipped_folder
+from .shipped import WEIGHTS_DIR, shipped_folder
 from .convert import AtomVocab
 
 PRETRAINED = {"qm9-2d": "DiGress (2-D graph diffusion) on QM9 heavy atoms, trained on CPU; see its README.md"}
@@ -380,7 +381,7 @@ class GraphDiffusionModel:
 
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "GraphDiffusionModel":
-        cfg, state = read_folder(folder, "graph model")
+        cfg, state = read_model_folder(folder, "graph model")
         model = cls.from_config(cfg)
         model.net.load_state_dict(state)
         model.net.eval()

@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polydiff.core import discrete, nets
+from polydiff.core.training.files import read_model_folder
 
-from .shipped import WEIGHTS_DIR, read_folder, shipped_folder
+from .shipped import WEIGHTS_DIR, shipped_folder
 from .convert import SelfiesTokenizer
 
 PRETRAINED = {"moses-selfies": "MDLM on SELFIES of MOSES train (C N S O F Cl Br), trained on CPU; see its README.md"}
@@ -250,7 +251,7 @@ class SelfiesModel:
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "SelfiesModel":
         """The model saved in ``folder`` by :meth:`save`."""
-        cfg, state = read_folder(folder, "SELFIES model")
+        cfg, state = read_model_folder(folder, "SELFIES model")
         model = cls.from_config(cfg)
         model.net.load_state_dict(state)
         model.net.eval()

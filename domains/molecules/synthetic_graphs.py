@@ -47,7 +47,7 @@ from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphCrossEntropy, GraphProcess, pair_mask, sample_graph
 
 from .graph_model import GraphTransformer
-from .shipped import read_folder
+from polydiff.core.training.files import read_model_folder
 
 DATASETS = ("community-small", "sbm", "sbm-small", "planar", "planar-small")
 _ARCH_KEYS = ("layers", "dx", "de", "dy", "heads", "schedule")
@@ -357,7 +357,7 @@ class SyntheticGraphModel:
 
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "SyntheticGraphModel":
-        cfg, state = read_folder(folder, "synthetic graph model")
+        cfg, state = read_model_folder(folder, "synthetic graph model")
         if cfg.get("kind") != "synthetic-graph":
             raise ValueError(f"{folder} holds no synthetic graph model (config kind {cfg.get('kind')!r})")
         model = cls(cfg["edge_density"], cfg["size_counts"], **{k: cfg[k] for k in _ARCH_KEYS if k in cfg})

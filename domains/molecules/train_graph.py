@@ -11,6 +11,7 @@ AdamW (warm-up, cosine decay, gradient clipping) and an EMA of the weights (``co
 Every ``--save-every`` steps the EMA network is exported to ``--out`` (``config.json`` +
 ``model.safetensors``, with the step, wall time and loss) and, with ``--snapshots DIR``, also copied to
 ``DIR/step_XXXXXX`` for learning curves; ``--minutes`` stops at a wall-clock budget (after an export).
+``--init FOLDER`` continues from a saved model's weights (a fresh optimizer and schedule).
 """
 from __future__ import annotations
 
@@ -92,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache-dir", default=None)
+    ap.add_argument("--init", default=None, help="start from the weights of a saved graph model folder (same vocabulary "
+                                                 "and architecture; a fresh optimizer and learning-rate schedule)")
     return ap
 
 
@@ -114,6 +117,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     vocab, pnode, pedge, sizes = statistics(g, max_nodes)
     model = GraphDiffusionModel(vocab, pnode, pedge, sizes, layers=args.layers, dx=args.dx, de=args.de, dy=args.dy,
                                 heads=args.heads)
+    if args.init:
+        init = GraphDiffusionModel.load(args.init)
+        if init.vocab.tokens != vocab.tokens or init.arch != model.arch:
+            raise ValueError(f"--init {args.init}: vocabulary {init.vocab.tokens} / architecture {init.arch} differ from "
+                             f"this run's {vocab.tokens} / {model.arch}")
+        model.net.load_state_dict(init.net.state_dict())
     X = torch.from_numpy(g["x"].astype(np.int64))
     E = torch.from_numpy(g["e"].astype(np.int64))
     M = model.node_mask(torch.from_numpy(g["n"]))
@@ -178,7 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opt.step()
         step += 1
         ema.update(net, step * args.batch, args.batch)
-        recent.append(float(loss))
+        recent.append(float(loss.detach()))
         recent_x.append(float(cx.mean()))
         recent_e.append(float(ce.mean()))
         bar.update(1)
