@@ -95,7 +95,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--model-dir", default=None, help="a trained model folder (default: the shipped rms model)")
     p.add_argument("--flite-dir", default="/tmp/speech/rms-test", help="LJSpeech folder with flite's test audio")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--solver", default="euler")
+    p.add_argument("--solver", default="dpmpp_2m", help="solver of row (c) (default: speak's, dpmpp_2m)")
+    p.add_argument("--grid", default="logsnr", help="time grid of row (c) (default: speak's, logsnr)")
     p.add_argument("--temperature", type=float, default=1.5)
     p.add_argument("--gl-iters", default="32,64", help="Griffin-Lim iteration counts for the ceiling rows")
     p.add_argument("--variants", default="", help="extra TTS rows solver:steps[:grid], e.g. 'dpmpp_2m:10:logsnr,euler:4'")
@@ -120,12 +121,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for k in gl_iters:
         gl = [griffin_lim(log_mel(x), n_iter=k) for x in flite]
         rows.append(score(f"(b) flite -> mel -> Griffin-Lim {k}", gl, sentences, rec, flite))
-    kw = dict(steps=a.steps, solver=a.solver, temperature=a.temperature)
+    kw = dict(steps=a.steps, solver=a.solver, temperature=a.temperature, grid=a.grid)
     t0 = time.perf_counter()
     ours = tts_audio(model, sentences, **kw)
     print(f"  (synthesis of (c): {time.perf_counter() - t0:.1f} s for {sum(x.numel() for x in ours) / RATE:.1f} s "
           f"of audio, 1 thread, load average {os.getloadavg()[0]:.1f})")
-    rows.append(score(f"(c) Grad-TTS {a.solver} {a.steps} steps, T={a.temperature}", ours, sentences, rec, flite))
+    rows.append(score(f"(c) Grad-TTS {a.solver} {a.steps} steps, {a.grid} grid, T={a.temperature}", ours, sentences,
+                      rec, flite))
     for v in [v for v in a.variants.split(",") if v]:
         solver, steps, *grid = v.split(":")
         g = grid[0] if grid else "uniform"
