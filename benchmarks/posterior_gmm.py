@@ -30,9 +30,10 @@ method must approach the floor.
 The methods whose importance weights use a Gaussian approximation of p(x0 | x_t) (mcgdiff's
 reference potential, tds, fk) get ``data_var`` = the prior's variance per coordinate
 (``data_variance``), a statistic of the data a user knows. pigdm keeps its default (1.0): the
-prior's variance makes its guidance far worse here. ddrm and diffpir get a second row on the "sigma"
-grid (uniform in sigma/alpha) started at 4 data standard deviations (``sigma_start``): deepinv's DDRM
-starts at the data range, and the same data scale is what that setting uses.
+prior's variance makes its guidance far worse here. ddrm and diffpir get more rows (``EXTRA_ROWS``): the
+"sigma" grid (uniform in sigma/alpha) started at 4 data standard deviations (``sigma_start``; deepinv's
+DDRM starts at the data range, and the same data scale is what that setting uses), and for diffpir
+deepinv's data weight (its lambda = 7 is 3.5 here) and zeta = 1 (the authors' inpainting setting).
 
     python benchmarks/posterior_gmm.py --quick            # d=80, 5 problems, 1000 samples, growth to K=1024 (~30 min, 1 thread)
     python benchmarks/posterior_gmm.py                    # the full MCGdiff setup (d 8/80/800, 20 problems, 2000 samples)
@@ -126,11 +127,20 @@ CONFIGS = {
     "mcgdiff": (32, {"data_var": DATA_VAR}), "fps": (32, {}), "tds": (32, {"data_var": DATA_VAR}),
     "fk": (32, {"data_var": DATA_VAR}),
 }
-# methods that also get a row on the "sigma" grid started at SIGMA_START_STD data standard deviations
-# (posterior_sample's sigma_start; the setting their docstrings recommend for multimodal priors)
+# extra rows: the "sigma" grid started at SIGMA_START_STD data standard deviations (posterior_sample's
+# sigma_start; the setting the ddrm/diffpir docstrings recommend for multimodal priors), and diffpir at
+# deepinv's data weight: deepinv's lambda = 7 acts as lambda = 3.5 here (its rho uses the denoiser's noise
+# level in [-1, 1] units on data in [0, 1]: see the diffpir docstring)
 SIGMA_START_STD = 4.0
-SIGMA_GRID = {"ddrm": {"sigma grid from 4 std": {}},
-              "diffpir": {"sigma grid from 4 std": {}, "sigma grid from 4 std, zeta=1": {"zeta": 1.0}}}
+SIGMA_START = "sigma_start"    # replaced by SIGMA_START_STD * the data's standard deviation
+DEEPINV_LAMBDA = 3.5
+_SIGMA = {"grid": "sigma", "sigma_start": SIGMA_START}
+EXTRA_ROWS = {
+    "ddrm": {"sigma grid from 4 std": _SIGMA},
+    "diffpir": {"lambda 3.5": {"lambda_": DEEPINV_LAMBDA},
+                "lambda 3.5, sigma grid from 4 std": {**_SIGMA, "lambda_": DEEPINV_LAMBDA},
+                "lambda 3.5, sigma grid from 4 std, zeta=1": {**_SIGMA, "lambda_": DEEPINV_LAMBDA, "zeta": 1.0}},
+}
 
 
 def run_method(name, D, A, y, sy, n, nfe, g, path, particles=None, data_var=1.0, independent=False, **extra):
@@ -240,9 +250,10 @@ def main(argv=None):
                         x, nf, bw, wall, K = run_method(name, D, A, y, sy, n, nfe, gen(name, nfe), path,
                                                         data_var=dvar)
                         add((name, nfe, K or 0), sw1(x, refs, dirs), nf, bw, wall)
-                        for label, extra in SIGMA_GRID.get(name, {}).items():
+                        for label, extra in EXTRA_ROWS.get(name, {}).items():
+                            extra = {k: (SIGMA_START_STD * math.sqrt(dvar) if v == SIGMA_START else v)
+                                     for k, v in extra.items()}
                             x, nf, bw, wall, K = run_method(name, D, A, y, sy, n, nfe, gen(name, nfe, label), path,
-                                                            grid="sigma", sigma_start=SIGMA_START_STD * math.sqrt(dvar),
                                                             **extra)
                             add((f"{name} ({label})", nfe, 0), sw1(x, refs, dirs), nf, bw, wall)
                     if CONFIGS[name][0]:
@@ -284,7 +295,8 @@ def main(argv=None):
                                 t0 = time.time()
                                 x, info = posterior_sample(Dve, y.expand(n, -1), MatrixOperator(A), path=ve, method=pname,
                                                            steps=len(grid) - 1, grid=grid, sigma_y=sy,
-                                                           generator=gen(pname, "peer levels", nfe), return_info=True)
+                                                           generator=gen(pname, "peer levels", nfe), return_info=True,
+                                                           **({"lambda_": DEEPINV_LAMBDA} if pname == "diffpir" else {}))
                                 add((f"{pname} (deepinv's levels)", info["nfe"], 0), sw1(x, refs, dirs), info["nfe"], 0,
                                     time.time() - t0)
             floor = ci([r[0] for r in res[("floor", 0, 0)]])[0]
