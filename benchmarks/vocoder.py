@@ -33,33 +33,11 @@ import torch
 from polydiff.domains.audio import corpus as C
 from polydiff.domains.audio import io as aio
 from polydiff.domains.audio.features import griffin_lim, log_mel
-from polydiff.domains.audio.metrics import Recognizer, error_rates, mcd
+from polydiff.domains.audio.metrics import Recognizer
 from polydiff.domains.audio.vocoder import Vocoder, load, pretrained
 
-RATE = 16000
-
-
-def flite_audio(sentences: Sequence[str], flite_dir: Optional[str]) -> List[torch.Tensor]:
-    """flite rms waveforms of the sentences: from an LJSpeech folder when it has them, else synthesised."""
-    known: Dict[str, Path] = {}
-    if flite_dir and (Path(flite_dir) / "metadata.csv").is_file():
-        corpus = C.ljspeech(flite_dir)
-        known = {t: corpus.path(i) for i, t in enumerate(corpus.texts)}
-    return [aio.read(known[s], sample_rate=RATE, allow_clipped=True)[0] if s in known else C.synthesize(s, "rms")
-            for s in sentences]
-
-
-def score(name: str, audios: Sequence[torch.Tensor], sentences: Sequence[str], rec: Recognizer,
-          refs: Optional[Sequence[torch.Tensor]] = None) -> Dict[str, object]:
-    hyps = [rec(a, RATE) for a in audios]
-    r = error_rates(list(sentences), hyps)
-    row: Dict[str, object] = {"name": name, "wer": r["wer"], "cer": r["cer"], "word_errors": r["word_errors"],
-                              "words": r["words"], "hyps": hyps}
-    if refs is not None:
-        row["mcd"] = sum(mcd(f, a, RATE) for f, a in zip(refs, audios)) / len(audios)
-    print(f"  {name:<40} WER {100 * r['wer']:5.1f}%  CER {100 * r['cer']:5.1f}%"
-          + (f"  MCD {row['mcd']:.2f} dB" if "mcd" in row else ""), flush=True)
-    return row
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speech import RATE, flite_audio, score  # noqa: E402  (one flite reader and scorer for both benchmarks)
 
 
 def rtf(fn: Callable[[torch.Tensor, int], torch.Tensor], mels: Sequence[torch.Tensor]) -> float:
