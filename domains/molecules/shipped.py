@@ -5,19 +5,20 @@ under ``weights/`` with clear errors (unknown name, weights not trained yet). Fo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Optional
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 
-def shipped_folder(name: str, table: Mapping[str, str], kind: str, trainer: str) -> Path:
-    """The folder of shipped model ``name`` (a key of ``table``); ``trainer`` is the module that trains it."""
+def shipped_folder(name: str, table: Mapping[str, str], kind: str, trainer: str, command: Optional[str] = None) -> Path:
+    """The folder of shipped model ``name`` (a key of ``table``); ``trainer`` is the module that trains it
+    (or ``command``, the full command that does)."""
     if name not in table:
         raise ValueError(f"unknown pretrained {kind} model {name!r}; valid: {', '.join(table)}")
     folder = WEIGHTS_DIR / name
     if not (folder / "model.safetensors").is_file():
-        raise ValueError(f"the weights of {name!r} are missing from {folder}; train them with "
-                         f"python -m polydiff.domains.molecules.{trainer} --out {folder}")
+        how = command or f"python -m polydiff.domains.molecules.{trainer} --out {folder}"
+        raise ValueError(f"the weights of {name!r} are missing from {folder}; train them with {how}")
     return folder
 
 

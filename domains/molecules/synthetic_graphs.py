@@ -46,10 +46,14 @@ from torch import Tensor, nn
 from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphCrossEntropy, GraphProcess, pair_mask, sample_graph
 
-from .graph_model import GraphTransformer
 from polydiff.core.training.files import read_model_folder
 
+from .graph_model import GraphTransformer
+from .shipped import shipped_folder
+
 DATASETS = ("community-small", "sbm", "sbm-small", "planar", "planar-small")
+#: shipped models (``weights/<name>``, trained by ``benchmarks/graphs.py``; see their README.md)
+PRETRAINED = {"community-small": "the 2-D model on community-small, 14 CPU-minutes"}
 _ARCH_KEYS = ("layers", "dx", "de", "dy", "heads", "schedule")
 
 
@@ -425,5 +429,12 @@ def train(model: SyntheticGraphModel, graphs: Sequence[nx.Graph], *, steps: int 
             "parameters": sum(p.numel() for p in net.parameters()), "history": history}
 
 
-__all__ = ["DATASETS", "GraphDataset", "load", "community_graph", "sbm_graph", "planar_graph", "to_dense",
+__all__ = ["DATASETS", "PRETRAINED", "pretrained", "GraphDataset", "load", "community_graph", "sbm_graph", "planar_graph", "to_dense",
            "from_dense", "generic_features", "GenericGraphTransformer", "SyntheticGraphModel", "train"]
+
+
+def pretrained(name: str = "community-small") -> "SyntheticGraphModel":
+    """A shipped synthetic-graph model by data-set name (``PRETRAINED`` lists them)."""
+    return SyntheticGraphModel.load(shipped_folder(
+        name, PRETRAINED, "synthetic-graph", "synthetic_graphs",
+        command=f"python benchmarks/graphs.py --datasets {name} --no-eval (then copy its model folder)"))
