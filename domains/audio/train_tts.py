@@ -18,7 +18,7 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -86,6 +86,84 @@ def training_parser(description: str, *, model: str, minutes: float, batch: int,
     return p
 
 
+def read_overrides(config: Optional[str]) -> Dict[str, Any]:
+    """``--config``: a JSON file or inline JSON of model-config overrides ({} when absent)."""
+    if not config:
+        return {}
+    src = Path(config)
+    return json.loads(src.read_text() if src.is_file() else config)
+
+
+def open_log(out: Path, quiet: bool) -> Callable[[str], None]:
+    """A logger appending lines to ``out/train.log`` (and printing them with ``--quiet``, where the
+    progress bar is off)."""
+    log = open(out / "train.log", "a", buffering=1)
+
+    def say(msg: str) -> None:
+        log.write(msg + "\n")
+        if quiet:
+            print(msg, flush=True)
+    return say
+
+
+def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[torch.Generator], Dict[str, torch.Tensor]],
+        a: argparse.Namespace, out: Path, say: Callable[[str], None], t_start: float, desc: str,
+        progress: Optional[Dict[str, Any]] = None) -> int:
+    """The audio trainers' loop (options of :func:`training_parser`): ``losses(g)`` draws a batch and
+    returns named losses with their sum as "total"; Adam steps with linear warm-up and clipping (a step
+    with a non-finite gradient norm is skipped); an EMA of all weights with decay min(ema, (1+s)/(10+s));
+    a train.log line every ``--log-every`` steps; ``model.save`` of the EMA copy and ``progress.json``
+    every ``--checkpoint-minutes`` and at the end. Returns the number of steps."""
+    from tqdm.auto import tqdm
+    ema = copy.deepcopy(model).eval()
+    for q in ema.parameters():
+        q.requires_grad_(False)
+    g = torch.Generator().manual_seed(a.seed)
+    bar = tqdm(total=None if a.steps >= 10 ** 9 else a.steps, desc=desc, unit="step", disable=a.quiet)
+    step, last_ckpt, run = 0, time.time(), {}
+    deadline = t_start + 60 * a.minutes
+
+    def checkpoint(final: bool = False) -> None:
+        ema.save(out, extra={"step": step})
+        (out / "progress.json").write_text(json.dumps({
+            "step": step, "wall_minutes": (time.time() - t_start) / 60, "final": final, "seed": a.seed,
+            "batch": a.batch, "lr": a.lr, "ema": a.ema, "threads": a.threads, **(progress or {})}, indent=1) + "\n")
+
+    model.train()
+    while step < a.steps and time.time() < deadline:
+        parts = losses(g)
+        opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if torch.isfinite(gn):
+            opt.step()
+        step += 1
+        decay = min(a.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - decay)
+        for k, v in parts.items():
+            if k != "total":
+                run[k] = run.get(k, 0.0) + float(v.detach())
+        bar.update(1)
+        if step % a.log_every == 0:
+            avg = {k: v / a.log_every for k, v in run.items()}
+            bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in avg.items()})
+            say(f"step {step} min {(time.time() - t_start) / 60:.1f} lr {lr:.2e} gnorm {float(gn):.2f} "
+                + " ".join(f"{k} {v:.4f}" for k, v in avg.items()))
+            run = {}
+        if time.time() - last_ckpt > 60 * a.checkpoint_minutes:
+            checkpoint()
+            last_ckpt = time.time()
+    checkpoint(final=True)
+    say(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; EMA weights in {out / 'model.safetensors'}")
+    bar.close()
+    return step
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script (also read by ``polydiff train`` configs)."""
     return training_parser(__doc__, model="TTSConfig", minutes=55.0, batch=16, lr=1e-3, warmup=200, ema=0.998)
@@ -95,21 +173,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     t_start = time.time()
-    overrides = {}
-    if a.config:
-        src = Path(a.config)
-        overrides = json.loads(src.read_text() if src.is_file() else a.config)
+    overrides = read_overrides(a.config)
     init = load(a.init) if a.init else None
     cfg = init.config if init is not None else TTSConfig.from_dict({**TTSConfig().__dict__, **overrides})
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "train.log", "a", buffering=1)
-
-    def say(msg: str) -> None:
-        log.write(msg + "\n")
-        if a.quiet:
-            print(msg, flush=True)
+    say = open_log(out, a.quiet)
 
     ids, mels = load_corpus(a.corpus, cfg.phonemes, a.limit, progress=not a.quiet)
     frames = sum(m.shape[-1] for m in mels)
@@ -122,56 +192,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {n_params / 1e6:.2f} M parameters (encoder {sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f} M, "
         f"decoder {sum(p.numel() for p in model.decoder.parameters()) / 1e6:.2f} M); config {json.dumps(cfg.__dict__)}")
-    ema = copy.deepcopy(model).eval()
-    for q in ema.parameters():
-        q.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.98))
-    g = torch.Generator().manual_seed(a.seed)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=None if a.steps >= 10 ** 9 else a.steps, desc="grad-tts", unit="step", disable=a.quiet)
-    step, last_ckpt = 0, time.time()
-    run = {"duration": 0.0, "prior": 0.0, "diffusion": 0.0}
-    deadline = t_start + 60 * a.minutes
 
-    def checkpoint(final: bool = False) -> None:
-        ema.save(out, extra={"step": step})
-        (out / "progress.json").write_text(json.dumps({
-            "step": step, "wall_minutes": (time.time() - t_start) / 60, "final": final, "seed": a.seed,
-            "batch": a.batch, "lr": a.lr, "ema": a.ema, "threads": a.threads}, indent=1) + "\n")
-
-    model.train()
-    while step < a.steps and time.time() < deadline:
+    def losses(g: torch.Generator) -> Dict[str, torch.Tensor]:
         sel = torch.randint(len(ids), (a.batch,), generator=g).tolist()
         X, xl, Y, yl = collate([ids[i] for i in sel], [mels[i] for i in sel])
-        losses = model.loss(X, xl, Y, yl, generator=g)
-        opt.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        lr = a.lr * min(1.0, (step + 1) / a.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if torch.isfinite(gn):
-            opt.step()
-        step += 1
-        decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        for k in run:
-            run[k] += float(losses[k].detach())
-        bar.update(1)
-        if step % a.log_every == 0:
-            avg = {k: v / a.log_every for k, v in run.items()}
-            bar.set_postfix({k[:4]: f"{v:.3f}" for k, v in avg.items()})
-            say(f"step {step} min {(time.time() - t_start) / 60:.1f} lr {lr:.2e} gnorm {float(gn):.2f} "
-                + " ".join(f"{k} {v:.4f}" for k, v in avg.items()))
-            run = {k: 0.0 for k in run}
-        if time.time() - last_ckpt > 60 * a.checkpoint_minutes:
-            checkpoint()
-            last_ckpt = time.time()
-    checkpoint(final=True)
-    say(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; EMA weights in {out / 'model.safetensors'}")
-    bar.close()
+        return model.loss(X, xl, Y, yl, generator=g)
+
+    fit(model, opt, losses, a, out, say, t_start, "grad-tts")
     return 0
 
 

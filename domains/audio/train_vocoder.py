@@ -18,19 +18,18 @@ Checkpoints (``model.safetensors``, ``config.json``, ``progress.json``) are writ
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import time
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from .corpus import ljspeech
 from .features import log_mel
-from .train_tts import training_parser
+from .train_tts import fit, open_log, read_overrides, training_parser
 from .vocoder import Vocoder, VocoderConfig, frame_energy, load
 
 
@@ -95,20 +94,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = build_parser().parse_args(argv)
     torch.set_num_threads(a.threads)
     t_start = time.time()
-    overrides = {}
-    if a.config:
-        src = Path(a.config)
-        overrides = json.loads(src.read_text() if src.is_file() else a.config)
+    overrides = read_overrides(a.config)
     init = load(a.init) if a.init else None
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    log = open(out / "train.log", "a", buffering=1)
-
-    def say(msg: str) -> None:
-        log.write(msg + "\n")
-        if a.quiet:
-            print(msg, flush=True)
+    say = open_log(out, a.quiet)
 
     hop = VocoderConfig().hop_length if init is None else init.config.hop_length
     audios, mels = load_corpus(a.corpus, hop, a.limit, progress=not a.quiet)
@@ -129,55 +120,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         say(f"initialised from {a.init}")
     say(f"model: {sum(q.numel() for q in model.parameters()) / 1e6:.3f} M parameters; config "
         f"{json.dumps({k: v for k, v in cfg.__dict__.items()})}")
-    ema = copy.deepcopy(model).eval()
-    for q in ema.parameters():
-        q.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
-    g = torch.Generator().manual_seed(a.seed)
     floor = math.log(cfg.mel_config.floor)
-    from tqdm.auto import tqdm
-    bar = tqdm(total=None if a.steps >= 10 ** 9 else a.steps, desc="vocoder", unit="step", disable=a.quiet)
-    step, last_ckpt, run = 0, time.time(), 0.0
-    deadline = t_start + 60 * a.minutes
 
-    def checkpoint(final: bool = False) -> None:
-        ema.save(out, extra={"step": step})
-        (out / "progress.json").write_text(json.dumps({
-            "step": step, "wall_minutes": (time.time() - t_start) / 60, "final": final, "seed": a.seed,
-            "batch": a.batch, "lr": a.lr, "ema": a.ema, "threads": a.threads,
-            "segment_frames": cfg.segment_frames}, indent=1) + "\n")
-
-    model.train()
-    while step < a.steps and time.time() < deadline:
+    def losses(g: torch.Generator) -> Dict[str, torch.Tensor]:
         idx = torch.randint(len(audios), (a.batch,), generator=g).tolist()
         x, m = segments(audios, mels, idx, cfg.segment_frames, cfg.hop_length, g, floor)
         loss = model.loss(x, m, generator=g)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        lr = a.lr * min(1.0, (step + 1) / a.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if torch.isfinite(gn):
-            opt.step()
-        step += 1
-        decay = min(a.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        run += float(loss.detach())
-        bar.update(1)
-        if step % a.log_every == 0:
-            bar.set_postfix(loss=f"{run / a.log_every:.4f}")
-            say(f"step {step} min {(time.time() - t_start) / 60:.1f} lr {lr:.2e} gnorm {float(gn):.2f} "
-                f"loss {run / a.log_every:.4f}")
-            run = 0.0
-        if time.time() - last_ckpt > 60 * a.checkpoint_minutes:
-            checkpoint()
-            last_ckpt = time.time()
-    checkpoint(final=True)
-    say(f"done: {step} steps in {(time.time() - t_start) / 60:.1f} min; EMA weights in {out / 'model.safetensors'}")
-    bar.close()
+        return {"total": loss, "loss": loss}
+
+    fit(model, opt, losses, a, out, say, t_start, "vocoder", progress={"segment_frames": cfg.segment_frames})
     return 0
 
 
