@@ -121,6 +121,16 @@ def load_tensors(path: PathLike, device: Union[str, torch.device] = "cpu") -> Di
         raise ValueError(f"{path} is not a valid safetensors file (truncated or corrupt?): {e}") from None
 
 
+def write_model_folder(folder: PathLike, config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> Path:
+    """Write a model folder (``config.json`` + ``model.safetensors``, each atomically): the layout
+    ``read_model_folder`` reads. Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(folder / "model.safetensors", state)
+    write_json(folder / "config.json", dict(config))
+    return folder
+
+
 def read_model_folder(folder: PathLike, what: str, model: Union[str, None] = None
                       ) -> "tuple[Dict[str, Any], Dict[str, torch.Tensor]]":
     """(config, state dict) of a saved model folder (``config.json`` + ``model.safetensors``), the layout
@@ -140,4 +150,4 @@ def read_model_folder(folder: PathLike, what: str, model: Union[str, None] = Non
 
 
 __all__ = ["atomic_write_bytes", "write_json", "read_json", "save_tensors", "atomic_save_tensors", "load_tensors",
-           "read_model_folder", "fsync_dir"]
+           "read_model_folder", "write_model_folder", "fsync_dir"]

@@ -32,7 +32,6 @@ import hashlib
 import io
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -41,6 +40,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 from torch import Tensor
+
+from polydiff.core.training.files import atomic_write_bytes
 
 from .convert import QM9_ELEMENTS
 
@@ -73,20 +74,6 @@ def _cache_path(cache_dir: Optional[Union[str, Path]], name: str) -> Path:
     d = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     d.mkdir(parents=True, exist_ok=True)
     return d / name
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _save_npz(path: Path, arrays: Dict[str, np.ndarray]) -> None:

@@ -27,7 +27,6 @@ with a graph transformer. Here:
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -39,7 +38,7 @@ from torch import Tensor, nn
 
 from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphProcess, pair_mask, sample_graph
-from polydiff.core.training.files import read_model_folder
+from polydiff.core.training.files import read_model_folder, write_model_folder
 
 from .shipped import WEIGHTS_DIR, shipped_folder
 from .convert import AtomVocab
@@ -357,18 +356,8 @@ class GraphDiffusionModel:
 
     def save(self, folder: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float32) into folder."""
-        from safetensors.torch import save_file
-        from .data import atomic_write_bytes
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = folder / "model.safetensors.tmp"
-        save_file(sd, str(tmp))
-        tmp.replace(folder / "model.safetensors")
-        atomic_write_bytes(folder / "config.json", (json.dumps({**self.config(), **(extra or {})}, indent=1) + "\n").encode())
-        for f in ("config.json", "model.safetensors"):
-            (folder / f).chmod(0o644)             # readable by everyone (shipped files)
-        return folder
+        state = {k: v.detach().float() for k, v in self.net.state_dict().items()}
+        return write_model_folder(folder, {**self.config(), **(extra or {})}, state)
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "GraphDiffusionModel":

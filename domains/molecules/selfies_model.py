@@ -25,7 +25,6 @@ black-box reward: no gradients, no retraining.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
@@ -34,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from polydiff.core import discrete, nets
-from polydiff.core.training.files import read_model_folder
+from polydiff.core.training.files import read_model_folder, write_model_folder
 
 from .shipped import WEIGHTS_DIR, shipped_folder
 from .convert import SelfiesTokenizer
@@ -221,19 +220,9 @@ class SelfiesModel:
         return {"symbols": list(self.tokenizer.symbols), "length": self.length, **self.arch}
 
     def save(self, folder: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (float32 weights) into ``folder``."""
-        from safetensors.torch import save_file
-        from .data import atomic_write_bytes
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
-        tmp = folder / "model.safetensors.tmp"
-        save_file(sd, str(tmp))
-        tmp.replace(folder / "model.safetensors")
-        cfg = {**self.config(), **(extra or {})}
-        atomic_write_bytes(folder / "config.json", (json.dumps(cfg, indent=1) + "\n").encode())
-        (folder / "config.json").chmod(0o644)         # mkstemp's 0600 would hide shipped files from others
-        return folder
+        """Write ``config.json`` and ``model.safetensors`` (float32) into folder."""
+        state = {k: v.detach().float() for k, v in self.net.state_dict().items()}
+        return write_model_folder(folder, {**self.config(), **(extra or {})}, state)
 
     @classmethod
     def from_config(cls, cfg: Dict[str, Any]) -> "SelfiesModel":

@@ -31,7 +31,6 @@ non-trivial Laplacian eigenvalues. The node count is drawn from the training his
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 from polydiff.core import discrete
 from polydiff.core.discrete.graph import GraphCrossEntropy, GraphProcess, pair_mask, sample_graph
 
-from polydiff.core.training.files import read_model_folder
+from polydiff.core.training.files import read_model_folder, write_model_folder
 
 from .graph_model import GraphTransformer
 from .shipped import shipped_folder
@@ -351,13 +350,8 @@ class SyntheticGraphModel:
 
     def save(self, folder: Union[str, Path], extra: Optional[Dict[str, Any]] = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (float32) into folder."""
-        from safetensors.torch import save_file
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().cpu().float().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(sd, str(folder / "model.safetensors"))
-        (folder / "config.json").write_text(json.dumps({**self.config(), **(extra or {})}, indent=1) + "\n")
-        return folder
+        state = {k: v.detach().float() for k, v in self.net.state_dict().items()}
+        return write_model_folder(folder, {**self.config(), **(extra or {})}, state)
 
     @classmethod
     def load(cls, folder: Union[str, Path]) -> "SyntheticGraphModel":
