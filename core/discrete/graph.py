@@ -74,6 +74,15 @@ def upper_to_edges(u: Tensor, n: int) -> Tensor:
     return e
 
 
+def node_mask_from_sizes(sizes: Tensor, max_nodes: int) -> Tensor:
+    """(B, max_nodes) bool mask of the first ``sizes[b]`` nodes of each padded graph; ValueError for a
+    size outside [1, max_nodes]."""
+    sizes = torch.as_tensor(sizes).long().reshape(-1)
+    if sizes.numel() and (int(sizes.min()) < 1 or int(sizes.max()) > max_nodes):
+        raise ValueError(f"graph sizes must lie in [1, {max_nodes}]")
+    return torch.arange(max_nodes)[None, :] < sizes[:, None]
+
+
 def pair_mask(node_mask: Tensor) -> Tensor:
     """(B, N) bool -> (B, N, N) bool: both ends real and i != j."""
     n = node_mask.shape[1]
@@ -257,5 +266,5 @@ class GraphCrossEntropy:
         return (total, cx, ce) if parts else total
 
 
-__all__ = ["GraphProcess", "GraphCrossEntropy", "sample_graph", "transition_matrix", "triu_indices",
+__all__ = ["GraphProcess", "GraphCrossEntropy", "sample_graph", "transition_matrix", "triu_indices", "node_mask_from_sizes",
            "edges_to_upper", "upper_to_edges", "pair_mask"]

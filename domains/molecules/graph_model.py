@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from polydiff.core import discrete
-from polydiff.core.discrete.graph import GraphProcess, pair_mask, sample_graph
+from polydiff.core.discrete.graph import GraphProcess, node_mask_from_sizes, pair_mask, sample_graph
 from polydiff.core.training.files import read_model_folder, write_model_folder
 
 from .shipped import WEIGHTS_DIR, shipped_folder
@@ -291,10 +291,7 @@ class GraphDiffusionModel:
         return discrete.categorical(self.size_counts.expand(_check_count(n, "n"), -1), generator)
 
     def node_mask(self, sizes: Tensor) -> Tensor:
-        sizes = torch.as_tensor(sizes).long().reshape(-1)
-        if sizes.numel() and (int(sizes.min()) < 1 or int(sizes.max()) > self.max_nodes):
-            raise ValueError(f"graph sizes must lie in [1, {self.max_nodes}]")
-        return torch.arange(self.max_nodes)[None, :] < sizes[:, None]
+        return node_mask_from_sizes(sizes, self.max_nodes)
 
     @torch.no_grad()
     def sample_graphs(self, n: int, steps: int = 100, generator: Optional[torch.Generator] = None,

@@ -43,7 +43,8 @@ import torch
 from torch import Tensor, nn
 
 from polydiff.core import discrete
-from polydiff.core.discrete.graph import GraphCrossEntropy, GraphProcess, pair_mask, sample_graph
+from polydiff.core.discrete.graph import (GraphCrossEntropy, GraphProcess, node_mask_from_sizes, pair_mask,
+                                         sample_graph)
 
 from polydiff.core.training.files import read_model_folder, write_model_folder
 
@@ -323,10 +324,7 @@ class SyntheticGraphModel:
         return cls(edges / pairs, np.bincount(sizes, minlength=N + 1).astype(float).tolist(), **arch)
 
     def node_mask(self, sizes: Tensor) -> Tensor:
-        sizes = torch.as_tensor(sizes).long().reshape(-1)
-        if sizes.numel() and (int(sizes.min()) < 1 or int(sizes.max()) > self.max_nodes):
-            raise ValueError(f"graph sizes must lie in [1, {self.max_nodes}]")
-        return torch.arange(self.max_nodes)[None, :] < sizes[:, None]
+        return node_mask_from_sizes(sizes, self.max_nodes)
 
     @torch.no_grad()
     def sample(self, n: int, steps: int = 100, generator: Optional[torch.Generator] = None,
