@@ -4,7 +4,8 @@
     python benchmarks/speech.py                # the 50 first held-out test sentences (the bar)
 
 For each of the ``--n`` first held-out test sentences (``corpus.sentences("test")``, each with a word no
-training sentence has) it makes:
+training sentence has; ``--split valid``: the validation sentences, for choosing checkpoints and
+settings) it makes:
 
   (a) flite's rms audio (read from ``--flite-dir`` if that LJSpeech folder holds the sentence, else
       synthesised with flite);
@@ -91,7 +92,10 @@ def rtf(model: GradTTS, sentences: Sequence[str], threads: int, **kw) -> float:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="5 sentences, one Griffin-Lim setting, RTF on 2 sentences")
-    p.add_argument("--n", type=int, default=50, help="held-out test sentences to use (default 50, max 60)")
+    p.add_argument("--n", type=int, default=50, help="sentences to use (default 50; max 60 test, 200 valid)")
+    p.add_argument("--split", default="test", choices=["test", "valid"],
+                   help="test: the held-out sentences (the issue's bar); valid: the validation split, for "
+                        "choosing checkpoints and settings without looking at the test sentences")
     p.add_argument("--model-dir", default=None, help="a trained model folder (default: the shipped rms model)")
     p.add_argument("--flite-dir", default="/tmp/speech/rms-test", help="LJSpeech folder with flite's test audio")
     p.add_argument("--steps", type=int, default=10)
@@ -105,16 +109,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     n = 5 if a.quick else a.n
-    if not 1 <= n <= 60:
-        raise ValueError(f"--n must be in [1, 60], got {n}")
+    most = len(C.sentences(a.split))
+    if not 1 <= n <= most:
+        raise ValueError(f"--n must be in [1, {most}] for the {a.split} split, got {n}")
     gl_iters = [int(v) for v in a.gl_iters.split(",") if v][: 1 if a.quick else None]
-    sentences = C.sentences("test")[:n]
+    sentences = C.sentences(a.split)[:n]
     model = load(a.model_dir) if a.model_dir else pretrained("rms")
     rec = Recognizer()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    print(f"{n} held-out sentences; model {a.model_dir or 'pretrained(rms)'}; pocketsphinx open vocabulary")
+    print(f"{n} {a.split} sentences; model {a.model_dir or 'pretrained(rms)'}; pocketsphinx open vocabulary")
     rows = []
     flite = flite_audio(sentences, a.flite_dir)
     rows.append(score("(a) flite rms", flite, sentences, rec))

@@ -1,6 +1,6 @@
 """Speech task commands for the ``polydiff`` CLI.
 
-    polydiff data speech --voice rms --n 2000 --out DIR [--seed 0] [--split train|test]
+    polydiff data speech --voice rms --n 2000 --out DIR [--seed 0] [--split train|valid|test]
     polydiff evaluate speech DIR [--limit N]      # pocketsphinx WER/CER of a corpus against its text
 
     polydiff speak TEXT --out FILE.wav [--steps 10] [--seed 0] [--temperature 1.5] [--solver dpmpp_2m] [--grid logsnr] [--mean-only]
@@ -115,10 +115,10 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
                       description="Synthesise shipped sentences (WordNet 3.0 usage examples) with Debian's flite "
                                   "into DIR/wavs/*.wav (16 kHz mono) and DIR/metadata.csv (id|text|normalized).")
     p.add_argument("--voice", default="rms", choices=sorted(VOICES), help="flite voice (default rms)")
-    p.add_argument("--n", type=int, default=2000, help="number of sentences (default 2000; test split: up to 60)")
+    p.add_argument("--n", type=int, default=2000, help="number of sentences (default 2000; valid split: up to 200, test split: up to 60)")
     p.add_argument("--seed", type=int, default=0, help="which training sentences are drawn (default 0)")
-    p.add_argument("--split", default="train", choices=["train", "test"],
-                   help="train sentences, or the 60 held-out test sentences (with words absent from train)")
+    p.add_argument("--split", default="train", choices=["train", "valid", "test"],
+                   help="train sentences, the 200 validation sentences (never in a training corpus), or the 60 held-out test sentences (with words absent from train)")
     p.add_argument("--out", required=True, help="output folder (new or empty; an interrupted build resumes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_data_speech)

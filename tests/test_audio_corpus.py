@@ -32,6 +32,16 @@ def test_shipped_sentences_and_held_out_words():
         C.sentences("dev")
 
 
+def test_validation_split_is_the_tail_of_the_seed0_draw():
+    import random
+    train, valid = C.sentences("train"), C.sentences("valid")
+    order = list(range(5000))
+    random.Random(0).shuffle(order)
+    assert valid == [train[i] for i in order[-200:]] and len(set(valid)) == 200
+    # the seed-0 draw of a training corpus up to 4 800 sentences (the shipped models') never reaches them
+    assert not {train[i] for i in order[:4800]} & set(valid)
+
+
 def test_tiny_flite_corpus_and_loader(tmp_path):
     root = C.build_corpus(tmp_path / "c", voice="rms", n=3, seed=1, progress=False)
     lines = (root / "metadata.csv").read_text().splitlines()
@@ -39,7 +49,8 @@ def test_tiny_flite_corpus_and_loader(tmp_path):
     order = list(range(5000))
     import random
     random.Random(1).shuffle(order)
-    expected = [C.sentences("train")[i] for i in order[:3]]
+    valid = set(C.sentences("valid"))
+    expected = [s for s in (C.sentences("train")[i] for i in order) if s not in valid][:3]
     for line, text in zip(lines, expected):
         uid, raw, norm = line.split("|")
         assert raw == text and norm == normalize(text)
@@ -85,7 +96,7 @@ def test_ljspeech_loader_reads_real_layout(tmp_path):
 def test_bad_requests_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown voice"):
         C.build_corpus(tmp_path / "a", voice="alice", n=3)
-    with pytest.raises(ValueError, match="more than the 5000"):
+    with pytest.raises(ValueError, match="more than the 4800"):
         C.build_corpus(tmp_path / "a", n=6000)
     with pytest.raises(ValueError, match="positive int"):
         C.build_corpus(tmp_path / "a", n=0)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -142,12 +143,19 @@ def test_domain_config_errors_are_clear(tmp_path, capsys):
 def test_train_dispatches_a_domain_config_to_its_script(tmp_path):
     from polydiff.domains.audio import corpus, tts
     root = corpus.build_corpus(tmp_path / "c", voice="rms", n=3, seed=1, progress=False)
-    cfg = {"task": "audio.tts", "args": {"corpus": str(root), "out": str(tmp_path / "run"), "steps": 2,
-                                         "batch": 2, "quiet": True,
+    cfg = {"task": "audio.tts", "args": {"corpus": str(root), "out": str(tmp_path / "run"), "steps": 4,
+                                         "batch": 2, "quiet": True, "lr": 1e-3, "warmup": 1, "log_every": 1,
+                                         "schedule": "cosine", "min_lr": 1e-4, "keep_checkpoints": True,
                                          "config": {"hidden": 32, "heads": 2, "ffn": 64, "dur_filters": 32}}}
     f = tmp_path / "tts.json"
     f.write_text(json.dumps(cfg))
     assert cli.main(["train", str(f), "args.seed=3"]) == 0
     model = tts.load(tmp_path / "run")
     assert model.config.hidden == 32
-    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 2
+    assert json.loads((tmp_path / "run" / "progress.json").read_text())["step"] == 4
+    # cosine decay over the 4-step budget: step k runs at p = (k - 1) / 4 of it
+    lrs = [float(line.split(" lr ")[1].split()[0]) for line in (tmp_path / "run" / "train.log").read_text().splitlines()
+           if line.startswith("step ")]
+    expect = [1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * k / 4)) for k in range(4)]
+    assert lrs == pytest.approx(expect, rel=1e-2)
+    assert tts.load(tmp_path / "run" / "step-000004").config.hidden == 32        # --keep-checkpoints

@@ -4,7 +4,10 @@
 package. They are usage examples from WordNet 3.0 (Princeton University; WordNet licence,
 permissive, notice in ``sentences/WORDNET_LICENSE``), filtered to 6-14 plain words that all occur
 in the CMU dictionary, by ``sentences/derive.py``. The test sentences are held out: each holds at
-least one word (>= 4 letters) that no training sentence contains (:func:`new_words`).
+least one word (>= 4 letters) that no training sentence contains (:func:`new_words`). A validation
+split of 200 (``sentences("valid")``, for choosing checkpoints and sampler settings without looking
+at the test sentences) is drawn from the training list once, by a fixed permutation;
+:func:`build_corpus` never puts those in a training corpus.
 
 **Synthesis.** Debian's ``flite`` (``apt-get install flite``) with its voices ``rms``, ``slt``,
 ``awb`` (16 kHz) and ``kal`` (we use flite's 16 kHz build of it, ``kal16``). Output is 16 kHz
@@ -34,19 +37,36 @@ from .text import normalize
 
 SAMPLE_RATE = 16000
 VOICES = {"rms": "rms", "slt": "slt", "awb": "awb", "kal": "kal16"}
-SPLITS = ("train", "test")
+SPLITS = ("train", "valid", "test")
+VALID_SIZE = 200
 SENTENCE_DIR = Path(__file__).resolve().parent / "sentences"
 SENTENCE_SOURCE = "WordNet 3.0 usage examples (Princeton University, WordNet licence)"
 
 PathLike = Union[str, Path]
 
 
+def _valid_rows() -> List[int]:
+    """Rows of ``train.txt`` that form the validation split: the last VALID_SIZE of its seed-0 permutation
+    (so a seed-0 training corpus of up to 4 800 sentences, e.g. the shipped models', is unchanged)."""
+    order = list(range(len(_read_list("train"))))
+    random.Random(0).shuffle(order)
+    return order[-VALID_SIZE:]
+
+
+def _read_list(name: str) -> List[str]:
+    lines = (SENTENCE_DIR / f"{name}.txt").read_text(encoding="utf-8").splitlines()
+    return [s for s in (line.strip() for line in lines) if s]
+
+
 def sentences(split: str = "train") -> List[str]:
-    """The shipped sentence list of a split ("train": 5 000, "test": 60 held out)."""
+    """The shipped sentence list of a split: "train" (the 5 000 of ``train.txt``, validation ones included),
+    "valid" (200 of those, never drawn into a training corpus) or "test" (60 held out, with new words)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
-    lines = (SENTENCE_DIR / f"{split}.txt").read_text(encoding="utf-8").splitlines()
-    return [s for s in (line.strip() for line in lines) if s]
+    if split == "valid":
+        pool = _read_list("train")
+        return [pool[i] for i in _valid_rows()]
+    return _read_list(split)
 
 
 def _words(sentence: str) -> Set[str]:
@@ -107,8 +127,9 @@ def build_corpus(out_dir: PathLike, voice: str = "rms", n: int = 2000, seed: int
                  progress: bool = True) -> Path:
     """Synthesise an LJSpeech-format corpus of ``n`` shipped sentences into ``out_dir``; returns it.
 
-    ``split="train"`` draws n of the 5 000 training sentences (a permutation seeded by ``seed``);
-    ``split="test"`` writes the held-out sentences (all 60 when n >= 60, in their shipped order).
+    ``split="train"`` draws n of the 4 800 training sentences outside the validation split (a permutation
+    seeded by ``seed``); ``split="valid"`` / ``"test"`` write the first n validation / held-out sentences
+    (all of them when n is larger, in their order).
     Building into a folder that already holds the same corpus resumes it; a different corpus there
     is a ValueError."""
     flite_voice(voice)
@@ -118,11 +139,14 @@ def build_corpus(out_dir: PathLike, voice: str = "rms", n: int = 2000, seed: int
         raise ValueError(f"n must be a positive int, got {n!r}")
     pool = sentences(split)
     if split == "train":
-        if n > len(pool):
-            raise ValueError(f"n = {n} is more than the {len(pool)} shipped training sentences")
+        held = set(_valid_rows())
+        usable = len(pool) - len(held)
+        if n > usable:
+            raise ValueError(f"n = {n} is more than the {usable} shipped training sentences outside the "
+                             f"validation split")
         order = list(range(len(pool)))
         random.Random(seed).shuffle(order)
-        chosen = [pool[i] for i in order[:n]]
+        chosen = [pool[i] for i in order if i not in held][:n]
     else:
         chosen = pool[:n]
     _flite()

@@ -26,6 +26,7 @@ from .corpus import ljspeech
 from .features import log_mel
 from .text import encode
 from .tts import GradTTS, TTSConfig, load
+from ...core.training.schedule import lr_at
 
 
 def load_corpus(root: str, phonemes: bool = True, limit: Optional[int] = None,
@@ -73,12 +74,18 @@ def training_parser(description: str, *, model: str, minutes: float, batch: int,
     p.add_argument("--batch", type=int, default=batch)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                   help="after warm-up: constant, or cosine decay to --min-lr over the budget (--steps if given, "
+                        "else --minutes of wall time)")
+    p.add_argument("--min-lr", type=float, default=0.0, help="the cosine schedule's final learning rate")
     p.add_argument("--ema", type=float, default=ema, help="EMA decay per step (ramped up as min(decay, (1+s)/(10+s)))")
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--limit", type=int, default=None, help="use only the first N utterances")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="also keep every checkpoint in OUT/step-NNNNNN/ (to choose one on validation sentences)")
     p.add_argument("--config", default=None, help=f"JSON file (or inline JSON) of {model} overrides")
     p.add_argument("--init", default=None,
                    help="continue from a saved model folder (its config and EMA weights; a fresh optimizer)")
@@ -110,7 +117,8 @@ def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[to
         a: argparse.Namespace, out: Path, say: Callable[[str], None], t_start: float, desc: str,
         progress: Optional[Dict[str, Any]] = None) -> int:
     """The audio trainers' loop (options of :func:`training_parser`): ``losses(g)`` draws a batch and
-    returns named losses with their sum as "total"; Adam steps with linear warm-up and clipping (a step
+    returns named losses with their sum as "total"; Adam steps with linear warm-up, then a constant rate
+    or cosine decay over the budget (``core.training.schedule.lr_at``), and clipping (a step
     with a non-finite gradient norm is skipped); an EMA of all weights with decay min(ema, (1+s)/(10+s));
     a train.log line every ``--log-every`` steps; ``model.save`` of the EMA copy and ``progress.json``
     every ``--checkpoint-minutes`` and at the end. Returns the number of steps."""
@@ -125,6 +133,8 @@ def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[to
 
     def checkpoint(final: bool = False) -> None:
         ema.save(out, extra={"step": step})
+        if a.keep_checkpoints:
+            ema.save(out / f"step-{step:06d}", extra={"step": step})
         (out / "progress.json").write_text(json.dumps({
             "step": step, "wall_minutes": (time.time() - t_start) / 60, "final": final, "seed": a.seed,
             "batch": a.batch, "lr": a.lr, "ema": a.ema, "threads": a.threads, **(progress or {})}, indent=1) + "\n")
@@ -135,7 +145,9 @@ def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[to
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
-        lr = a.lr * min(1.0, (step + 1) / a.warmup)
+        budget_used = step / a.steps if a.steps < 10 ** 9 else (time.time() - t_start) / (60 * a.minutes)
+        lr = lr_at(min(10 ** 6, round(10 ** 6 * budget_used)), a.lr, 10 ** 6, 0, a.schedule, a.min_lr) \
+            * min(1.0, (step + 1) / a.warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         if torch.isfinite(gn):
