@@ -479,6 +479,65 @@ class ZeroTerminalSNR(Path):
         return {"name": "ZeroTerminalSNR", "base": self.base.config()}
 
 
+class PolynomialVP(Path):
+    """EDM's "polynomial_2" noise schedule as a continuous VP path (Hoogeboom et al. 2022, App. B):
+    alpha^2(t) = (1 - 2 s) (1 - t^power)^2 + s, sigma^2 = 1 - alpha^2, precision s (1e-5).
+
+    EDM additionally clips the discrete alpha ratios at 0.001 for 1000 steps; in continuous time that
+    clipping does not apply and is left out. sigma(0) = sqrt(s) and alpha(1) = sqrt(s) are both small
+    but nonzero, so every t in [0, 1] has finite log-SNR."""
+
+    variance_preserving = True
+
+    def __init__(self, power: float = 2.0, precision: float = 1e-5) -> None:
+        if not (power > 0 and 0 < precision < 0.5):
+            raise ValueError(f"need power > 0 and 0 < precision < 0.5, got {power}, {precision}")
+        self.power, self.precision = float(power), float(precision)
+
+    def _alpha2(self, t: Tensor) -> Tensor:
+        s = self.precision
+        return (1 - 2 * s) * (1 - t ** self.power) ** 2 + s
+
+    def _sigma2(self, t: Tensor) -> Tensor:
+        # 1 - alpha^2 written without the cancellation of 1 - (1 - small): exact to rounding near t = 0
+        s, tp = self.precision, t ** self.power
+        return (1 - 2 * s) * tp * (2 - tp) + s
+
+    def _d_alpha2(self, t: Tensor) -> Tensor:
+        s, p = self.precision, self.power
+        return (1 - 2 * s) * 2 * (1 - t ** p) * (-p * t ** (p - 1))
+
+    def alpha(self, t: TimeLike) -> Tensor:
+        return self._alpha2(_as_tensor(t)).sqrt()
+
+    def sigma(self, t: TimeLike) -> Tensor:
+        return self._sigma2(_as_tensor(t)).clamp_min(0.0).sqrt()
+
+    def d_alpha(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return 0.5 * self._d_alpha2(t) / self.alpha(t)
+
+    def d_sigma(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return -0.5 * self._d_alpha2(t) / self.sigma(t)
+
+    def logsnr(self, t: TimeLike) -> Tensor:
+        t = _as_tensor(t)
+        return 0.5 * (torch.log(self._alpha2(t)) - torch.log(self._sigma2(t)))
+
+    def t_from_logsnr(self, lam: TimeLike) -> Tensor:
+        lam = _as_tensor(lam)
+        s = self.precision
+        # u = 1 - t^power with u^2 = (alpha^2 - s) / (1 - 2 s); t^power = (1 - u^2) / (1 + u), with
+        # 1 - u^2 = (sigma^2 - s) / (1 - 2 s) from sigma^2 = sigmoid(-2 lambda): no cancellation near t = 0
+        one_minus_u2 = ((torch.sigmoid(-2.0 * lam) - s) / (1 - 2 * s)).clamp(0.0, 1.0)
+        u = (1 - one_minus_u2).sqrt()
+        return (one_minus_u2 / (1 + u)).clamp(0.0, 1.0) ** (1.0 / self.power)
+
+    def config(self) -> dict:
+        return {"name": "PolynomialVP", "power": self.power, "precision": self.precision}
+
+
 class MeanReverting(Path):
     """A mean-reverting (Ornstein-Uhlenbeck) path toward a conditioning signal mu:
 
@@ -644,7 +703,7 @@ class OUVE(MeanReverting):
 
 _PATHS = {"vp": lambda: VP("linear"), "vp_linear": lambda: VP("linear"), "vp_cosine": lambda: VP("cosine"),
           "subvp": SubVP, "ve": VE, "edm": EDM, "flow": Flow,
-          "grad_tts": MeanRevertingVP, "ouve": OUVE}
+          "edm_polynomial": PolynomialVP, "grad_tts": MeanRevertingVP, "ouve": OUVE}
 
 
 def require_gaussian(path: Path, what: str) -> Path:
@@ -657,7 +716,8 @@ def require_gaussian(path: Path, what: str) -> Path:
 
 
 def get_path(name: Union[str, Path]) -> Path:
-    """A path by short name ('vp', 'vp_cosine', 'subvp', 've', 'edm', 'flow', and the mean-reverting
+    """A path by short name ('vp', 'vp_cosine', 'subvp', 've', 'edm', 'flow', 'edm_polynomial' (the 3-D
+    molecule EDM's schedule, not Karras's EDM), and the mean-reverting
     'grad_tts' and 'ouve'), or the path itself."""
     if isinstance(name, Path):
         return name
@@ -669,7 +729,7 @@ def get_path(name: Union[str, Path]) -> Path:
 
 #: the path classes a saved config may name (``path_from_config`` builds nothing else)
 PATH_CLASSES = {"VP": VP, "SubVP": SubVP, "VE": VE, "EDM": EDM, "Flow": Flow, "Shifted": Shifted,
-                "ZeroTerminalSNR": ZeroTerminalSNR, "MeanReverting": MeanReverting,
+                "ZeroTerminalSNR": ZeroTerminalSNR, "PolynomialVP": PolynomialVP, "MeanReverting": MeanReverting,
                 "MeanRevertingVP": MeanRevertingVP, "OUVE": OUVE}
 
 
@@ -693,5 +753,5 @@ def path_from_config(cfg: dict) -> Path:
         raise ValueError(f"bad config for path {name!r}: {e}") from None
 
 
-__all__ = ["Path", "VP", "SubVP", "VE", "EDM", "Flow", "Shifted", "ZeroTerminalSNR", "MeanReverting",
+__all__ = ["Path", "VP", "SubVP", "VE", "EDM", "Flow", "Shifted", "ZeroTerminalSNR", "PolynomialVP", "MeanReverting",
            "MeanRevertingVP", "OUVE", "get_path", "LOGSNR_CLIP", "PATH_CLASSES", "path_from_config"]

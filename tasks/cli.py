@@ -20,7 +20,7 @@ A run config is a JSON or TOML file (TOML needs Python >= 3.11) with the section
 A domain model (speech, molecules) has its own training script; its config names it instead:
 
     task   one of DOMAIN_TRAINERS ("audio.tts", "audio.enhance", "audio.vocoder", "molecules.graph",
-           "molecules.selfies")
+           "molecules.selfies", "molecules.edm")
     args   that script's command-line options by name ({"corpus": "data/LJSpeech-1.1", "minutes": 600});
            true gives a bare flag, false or null leaves the option out, a list gives several values
 
@@ -50,6 +50,7 @@ DOMAIN_TRAINERS = {
     "audio.vocoder": "polydiff.domains.audio.train_vocoder",
     "molecules.graph": "polydiff.domains.molecules.train_graph",
     "molecules.selfies": "polydiff.domains.molecules.train_selfies",
+    "molecules.edm": "polydiff.domains.molecules.train_edm",
 }
 
 

@@ -1,6 +1,7 @@
 """Molecule task commands for the ``polydiff`` CLI.
 
-    polydiff generate molecules -n N [--model moses-selfies] [--seed S] [--steps K] [--guidance qed]
+    polydiff generate molecules -n N [--model moses-selfies|qm9-2d|qm9-2d-alpha|qm9-3d] [--seed S] [--steps K]
+                                [--guidance qed] [--condition alpha=80 [--guidance-scale W]]
                                 --out FILE(.sdf|.smi|.csv) [--no-metrics] [--no-fcd]
     polydiff evaluate molecules FILE [--train qm9|moses|FILE] [--reference moses|qm9|FILE]
                                      [--out metrics.json] [--no-fcd] [--largest-fragment]
@@ -88,13 +89,15 @@ class MoleculeGenerator:
     SMILES strings or RDKit molecules (with a conformer for 3-D models); ``train`` / ``reference``
     name the data sets for novelty and FCD/SNN/... (as ``metrics.evaluate`` accepts them);
     ``three_d``: the SDF keeps the molecules' own coordinates instead of 2-D depictions;
-    ``guidance``: the names ``--guidance`` accepts."""
+    ``guidance``: the names ``--guidance`` accepts; ``conditions``: the properties ``--condition`` accepts
+    (passed as ``generate(..., condition={name: [value] * n}, guidance_scale=w)``)."""
     load: Callable[[], Any]
     help: str
     train: Optional[str] = None
     reference: Optional[str] = None
     three_d: bool = False
     guidance: Sequence[str] = ()
+    conditions: Sequence[str] = ()
 
 
 def _load_selfies() -> Any:
@@ -107,11 +110,25 @@ def _load_qm9_2d() -> Any:
     return pretrained("qm9-2d")
 
 
+def _load_qm9_2d_alpha() -> Any:
+    from polydiff.domains.molecules.graph_model import pretrained
+    return pretrained("qm9-2d-alpha")
+
+
+def _load_qm9_3d() -> Any:
+    from polydiff.domains.molecules.edm import pretrained
+    return pretrained("qm9-3d")
+
+
 GENERATORS: Dict[str, MoleculeGenerator] = {
     "moses-selfies": MoleculeGenerator(_load_selfies, "SELFIES masked diffusion (MDLM) trained on MOSES",
                                        train="moses", reference="moses", guidance=("qed",)),
     "qm9-2d": MoleculeGenerator(_load_qm9_2d, "DiGress 2-D graph diffusion trained on QM9 heavy atoms",
                                 train="qm9", reference="qm9"),
+    "qm9-2d-alpha": MoleculeGenerator(_load_qm9_2d_alpha, "qm9-2d conditioned on polarizability alpha (Bohr^3), "
+                                      "classifier-free", train="qm9", reference="qm9", conditions=("alpha",)),
+    "qm9-3d": MoleculeGenerator(_load_qm9_3d, "EDM 3-D diffusion (EGNN, coordinates + atom types) trained on QM9 with H",
+                                train="qm9", reference="qm9", three_d=True),
 }
 OUTPUT_FORMATS = (".sdf", ".smi", ".csv")
 
@@ -189,6 +206,29 @@ def save_grid_image(path: Path, mols: Sequence[Any], n: int = 20, per_row: int =
     return Path(path)
 
 
+def _parse_conditions(items: Optional[Sequence[str]], spec: MoleculeGenerator, model: str) -> Dict[str, float]:
+    """``--condition NAME=VALUE`` options as {name: value}, checked against the model's properties."""
+    out: Dict[str, float] = {}
+    for item in items or ():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--condition takes NAME=VALUE (e.g. alpha=80), got {item!r}")
+        if name not in spec.conditions:
+            raise ValueError(f"model {model!r} takes --condition {', '.join(spec.conditions) or '(none)'}; "
+                             f"got {name!r}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise ValueError(f"--condition {name}: {value!r} is not a number") from None
+        if not math.isfinite(v):
+            raise ValueError(f"--condition {name} must be finite, got {value!r}")
+        out[name] = v
+    missing = [c for c in spec.conditions if c not in out]
+    if out and missing:
+        raise ValueError(f"model {model!r} needs --condition for each of {', '.join(spec.conditions)}")
+    return out
+
+
 def _generate(args) -> int:
     """Handler of ``polydiff generate molecules``."""
     import torch
@@ -208,6 +248,9 @@ def _generate(args) -> int:
     if args.guidance is not None and args.guidance not in spec.guidance:
         raise ValueError(f"model {args.model!r} supports --guidance {', '.join(spec.guidance) or '(none)'}; "
                          f"got {args.guidance!r}")
+    condition = _parse_conditions(args.condition, spec, args.model)
+    if args.guidance_scale is not None and not condition:
+        raise ValueError("--guidance-scale needs --condition (classifier-free guidance of a conditional model)")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = spec.load()
@@ -215,6 +258,9 @@ def _generate(args) -> int:
     kwargs: Dict[str, Any] = {"steps": args.steps, "seed": args.seed}
     if args.guidance is not None:
         kwargs["guidance"] = args.guidance
+    if condition:
+        kwargs["condition"] = {k: [v] * args.n for k, v in condition.items()}
+        kwargs["guidance_scale"] = 1.0 if args.guidance_scale is None else args.guidance_scale
     items = model.generate(args.n, **kwargs)
     seconds = time.time() - t0
     mols = _as_mols(items)
@@ -228,8 +274,15 @@ def _generate(args) -> int:
     info: Dict[str, Any] = {"model": args.model, "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
                             "n_requested": args.n, "n_generated": len(items), **counts,
                             "sampling_seconds": round(seconds, 1)}
-    if getattr(model, "last_stats", None):
-        info["n_redrawn"] = int(model.last_stats.get("redrawn", 0))
+    if condition:
+        info["condition"] = condition
+        info["guidance_scale"] = kwargs["guidance_scale"]
+    stats = getattr(model, "last_stats", None) or {}
+    if "redrawn" in stats:
+        info["n_redrawn"] = int(stats["redrawn"])
+    for key in ("atom_stability", "mol_stability"):        # 3-D models: EDM's stability over ALL samples,
+        if key in stats:                                   # invalid ones included (the file holds valid ones)
+            info[f"{key}_all_samples"] = float(stats[key])
     res: Dict[str, Any] = dict(info)
     if not args.no_metrics:
         back, _, report = data.read_molecules(out)        # the file as written, as `evaluate molecules` reads it
@@ -303,6 +356,11 @@ def add_commands(verbs: Dict[str, Any]) -> None:
     g.add_argument("--steps", type=int, default=None,
                    help="sampler steps (default: the model's exact sampler; SELFIES: first-hitting)")
     g.add_argument("--guidance", default=None, help="reward guidance, e.g. 'qed' (SVDD toward higher QED)")
+    g.add_argument("--condition", action="append", default=None, metavar="NAME=VALUE",
+                   help="property target of a conditional model, e.g. alpha=80 (Bohr^3) for qm9-2d-alpha; "
+                        "without it a conditional model samples unconditionally")
+    g.add_argument("--guidance-scale", type=float, default=None,
+                   help="classifier-free guidance scale with --condition (default 1: the conditional model)")
     g.add_argument("--grid", type=int, default=20, help="molecules in the PNG grid (default 20)")
     g.add_argument("--no-metrics", action="store_true", help="skip the metrics (the JSON then holds run info only)")
     g.add_argument("--no-fcd", action="store_true", help="skip FCD (the slowest metric)")

@@ -216,3 +216,21 @@ def test_regressor_errors():
         token_valences([("Xe", 0)])
     with pytest.raises(ValueError, match="std"):
         PropertyRegressor("toy", [("C", 0)], 0.0, 0.0)
+
+
+def test_cli_generates_with_a_condition_and_rejects_bad_ones(tmp_path, capsys):
+    import json
+    from polydiff.tasks import cli
+    out = tmp_path / "a.smi"
+    assert cli.main(["generate", "molecules", "-n", "4", "--model", "qm9-2d-alpha", "--steps", "3",
+                     "--condition", "alpha=80", "--guidance-scale", "2", "--no-fcd", "--out", str(out)]) == 0
+    res = json.loads((tmp_path / "a.metrics.json").read_text())
+    assert res["condition"] == {"alpha": 80.0} and res["guidance_scale"] == 2.0 and res["n_generated"] == 4
+    for bad, msg in ((["--model", "qm9-2d-alpha", "--condition", "gap=0.2"], "takes --condition alpha"),
+                     (["--model", "qm9-2d", "--condition", "alpha=80"], "takes --condition \\(none\\)"),
+                     (["--model", "qm9-2d-alpha", "--condition", "alpha"], "NAME=VALUE"),
+                     (["--model", "qm9-2d-alpha", "--condition", "alpha=nan"], "finite"),
+                     (["--model", "qm9-2d-alpha", "--guidance-scale", "2"], "needs --condition")):
+        assert cli.main(["generate", "molecules", "-n", "2", "--out", str(tmp_path / "b.smi"), *bad]) == 2
+        import re
+        assert re.search(msg, capsys.readouterr().err), bad

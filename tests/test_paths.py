@@ -13,7 +13,9 @@ VP_LIN, VP_COS = P.VP("linear"), P.VP("cosine")
 ZTSNR = P.ZeroTerminalSNR(P.VP())
 ALL = [VP_LIN, VP_COS, P.SubVP(), P.VE(), P.EDM(), P.Flow(), P.Shifted(P.Flow(), 3.0), P.Shifted(P.Flow(), 0.3),
        P.Shifted(VP_COS, 2.0), P.Shifted(P.VP(), 0.5), P.Shifted(P.SubVP(), 0.5), P.Shifted(ZTSNR, 3.0), ZTSNR]
-VP_FAMILY = [VP_LIN, VP_COS, P.Shifted(VP_COS, 2.0), P.Shifted(P.VP(), 0.5), ZTSNR, P.Shifted(ZTSNR, 3.0)]
+POLY = P.PolynomialVP()
+ALL.append(POLY)
+VP_FAMILY = [VP_LIN, VP_COS, P.Shifted(VP_COS, 2.0), P.Shifted(P.VP(), 0.5), ZTSNR, P.Shifted(ZTSNR, 3.0), POLY]
 
 
 def t64(*v) -> torch.Tensor:
