@@ -57,6 +57,11 @@ MEL_FLOOR = math.log(MelConfig().floor)
 #: mean and standard deviation of the log-mels of the rms training corpus (used to scale mu's input channels)
 MEL_MEAN, MEL_STD = -5.5, 2.3
 SAMPLE_RATE = MelConfig().sample_rate
+# Grad-TTS samples at temperature 1.5. On our 200 validation sentences (never the test ones) the shipped
+# rms model's pocketsphinx WER is 22.8 % at 1.5, 18.3 % at 2.5, 17.9 % at 4, 18.5 % at 7 and 20.3 % at 15
+# (the encoder mean alone: 44.4 %): a lower start noise suits a small, CPU-trained decoder
+# (benchmarks/RESULTS.md, "Temperature chosen on validation sentences").
+DEFAULT_TEMPERATURE = 4.0
 
 
 def _default_unet() -> Dict[str, Any]:
@@ -396,7 +401,7 @@ class GradTTS(torch.nn.Module):
         return mu_y, frames
 
     @torch.no_grad()
-    def mel(self, text: str, *, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m",
+    def mel(self, text: str, *, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m",
             grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False) -> Tensor:
         """Log-mel (n_mels, frames) of ``text``: the diffusion decoder's sample, or the aligned encoder
         mean with ``mean_only``. The starting noise is drawn from torch.Generator().manual_seed(seed)."""
@@ -418,7 +423,7 @@ class GradTTS(torch.nn.Module):
         peak = float(wav.abs().max())
         return wav * (0.99 / peak) if peak > 0.99 else wav
 
-    def synthesize(self, text: str, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m", *,
+    def synthesize(self, text: str, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m", *,
                    grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0,
                    mean_only: bool = False) -> Tuple[Tensor, int]:
         """(waveform (T,) float32 in [-1, 1], 16000) for ``text``; see :meth:`mel` for the options."""
@@ -479,7 +484,7 @@ def pretrained(name: str = "rms") -> GradTTS:
     return load(WEIGHTS_DIR / PRETRAINED[name])
 
 
-def synthesize(text: str, steps: int = 10, temperature: float = 1.5, solver: str = "dpmpp_2m", *,
+def synthesize(text: str, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m", *,
                grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False,
                model: Optional[GradTTS] = None) -> Tuple[Tensor, int]:
     """Speak ``text`` with the shipped rms model (or ``model``): (waveform (T,) at 16 kHz, 16000)."""
