@@ -1,6 +1,6 @@
 """QM9 (heavy atoms) benchmark of the shipped DiGress graph model: validity, uniqueness, novelty.
 
-    python benchmarks/molecules_graph.py                       # 10 000 samples, 100 ancestral steps
+    python benchmarks/molecules_graph.py                       # 10 000 samples, 500 ancestral steps (DiGress's)
     python benchmarks/molecules_graph.py --n 1000 --steps 50   # quicker
     python benchmarks/molecules_graph.py --curve /tmp/snaps --curve-n 500 --no-main   # learning curve
     python benchmarks/molecules_graph.py --workers 2                                  # 2 sampling processes
@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+
+from polydiff.domains.molecules.graph_model import DEFAULT_STEPS
 
 PAPER = {"DiGress (paper, QM9 no H)": {"validity": 0.990, "uniqueness": 0.962}}   # [M], research notes sec. 2.1
 MACHINE = "2-core x86_64 CPU, shared"
@@ -110,7 +112,8 @@ HEAD = ("| samples | N | valid % | connected % | unique % (largest fragment) | u
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=10_000)
-    ap.add_argument("--steps", type=int, default=100, help="ancestral steps (DiGress uses 500)")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                    help=f"ancestral steps (default {DEFAULT_STEPS}: the model's default, DiGress's T)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=1, help="sampling processes of 1 thread each")
