@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from polydiff.core.training.schedule import lr_at
+
 
 def size_buckets(ds) -> Dict[int, Dict[str, np.ndarray]]:
     """QM9 molecules grouped by atom count: {n: {"pos": (M_n, n, 3) float32, "types": (M_n, n) int64}}."""
@@ -84,7 +86,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from polydiff.core.training.ema import EMA
     from . import data
-    from .edm import EDMModel
+    from .edm import EDMModel, remove_mean
 
     t0 = time.time()
     ds = data.load_qm9(args.split, args.cache_dir)
@@ -114,12 +116,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_train = time.time()
     recent: List[float] = []
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        frac = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-        return args.lr / 20 + (args.lr - args.lr / 20) * 0.5 * (1 + math.cos(math.pi * frac))
-
     def export(step: int) -> None:
         row = {"step": step, "train_seconds": round(time.time() - t_train, 1),
                "loss": float(np.mean(recent)) if recent else None}
@@ -144,10 +140,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         z0, mask = model.encode(pts, n)
         t = loss_fn.time_sampler(z0.shape[0], model.path, gen)
         eps = torch.randn(z0.shape, generator=gen)
-        from .edm import remove_mean
         eps = remove_mean(eps, mask)
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(step)
+            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         loss = loss_fn.loss_at(net, z0, t, eps, mask=mask).mean()
         if not torch.isfinite(loss):
             raise ValueError(f"non-finite loss at step {step}")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shutil
 import sys
@@ -39,6 +38,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from polydiff.core.training.schedule import lr_at
 
 
 def qm9_graphs(split: str = "train", max_nodes: int = 9, cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
@@ -237,12 +238,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     perm = torch.randperm(len(X), generator=gen)
     pos = 0
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup:
-            return args.lr * (step + 1) / args.warmup
-        frac = min(1.0, (step - args.warmup) / max(1, args.steps - args.warmup))
-        return args.lr / 20 + (args.lr - args.lr / 20) * 0.5 * (1 + math.cos(math.pi * frac))
-
     def export(step: int) -> None:
         row = {"step": step, "train_seconds": round(time.time() - t_train, 1),
                "loss": float(np.mean(recent)) if recent else None,
@@ -273,7 +268,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         idx = perm[pos:pos + args.batch]
         pos += args.batch
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(step)
+            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         if C is None:
             den = net
         else:                       # classifier-free training: the null embedding with probability p_uncond
