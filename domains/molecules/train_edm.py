@@ -22,10 +22,11 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from polydiff.core.training.schedule import lr_at
 
@@ -49,6 +50,19 @@ def epoch_batches(buckets: Dict[int, Dict[str, np.ndarray]], batch: int, gen: to
         chunks.extend((n, perm[k:k + batch]) for k in range(0, len(perm), batch))
     order = torch.randperm(len(chunks), generator=gen).tolist()
     return [chunks[i] for i in order]
+
+
+def batch_stream(buckets: Dict[int, Dict[str, np.ndarray]], batch: int,
+                 gen: torch.Generator) -> Iterator[Tuple[int, Tensor, List[Tuple[Tensor, Tensor]]]]:
+    """Endless (n, row indices, point sets) batches, epoch after epoch of :func:`epoch_batches`; a new
+    epoch is drawn from ``gen`` only when the previous one is used up."""
+    batches: List[tuple] = []
+    while True:
+        if not batches:
+            batches = epoch_batches(buckets, batch, gen)
+        n, rows = batches.pop()
+        b, r = buckets[n], rows.numpy()
+        yield n, rows, list(zip(torch.from_numpy(b["pos"][r]), torch.from_numpy(b["types"][r])))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.steps < 1 or args.batch < 1 or args.save_every < 1 or args.lr <= 0 or args.molecules < 0:
         raise ValueError("--steps, --batch, --save-every must be >= 1, --lr > 0 and --molecules >= 0")
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)            # the network initialisation; batches and noise use their own generator
     if args.property is not None:
         return train_property(args)
 
@@ -130,13 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(row), file=sys.stderr, flush=True)
         recent.clear()
 
-    step, batches = 0, []
+    step, stream = 0, batch_stream(buckets, args.batch, gen)
     while step < args.steps:
-        if not batches:
-            batches = epoch_batches(buckets, args.batch, gen)
-        n, rows = batches.pop()
-        b = buckets[n]
-        pts = list(zip(torch.from_numpy(b["pos"][rows.numpy()]), torch.from_numpy(b["types"][rows.numpy()])))
+        n, rows, pts = next(stream)
         z0, mask = model.encode(pts, n)
         t = loss_fn.time_sampler(z0.shape[0], model.path, gen)
         eps = torch.randn(z0.shape, generator=gen)
@@ -186,7 +197,7 @@ def train_property(args: argparse.Namespace) -> int:
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-12)
     gen = torch.Generator().manual_seed(args.seed)
     out = Path(args.out)
-    t_train, step, batches, recent = time.time(), 0, [], []
+    t_train, step, recent = time.time(), 0, []
 
     def mae() -> float:
         net.eval()
@@ -207,12 +218,9 @@ def train_property(args: argparse.Namespace) -> int:
         print(json.dumps(row), file=sys.stderr, flush=True)
         recent.clear()
 
+    stream = batch_stream(buckets, args.batch, gen)
     while step < args.steps:
-        if not batches:
-            batches = epoch_batches(buckets, args.batch, gen)
-        n, rows = batches.pop()
-        b = buckets[n]
-        pts = list(zip(torch.from_numpy(b["pos"][rows.numpy()]), torch.from_numpy(b["types"][rows.numpy()])))
+        n, rows, pts = next(stream)
         z, mask = enc.encode(pts, n)
         y = torch.as_tensor((y_all[rows_of[n][rows.numpy()]] - net.mean) / net.std, dtype=torch.float32)
         for grp in opt.param_groups:
