@@ -171,6 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.steps < 1 or args.batch < 1 or args.save_every < 1 or args.lr <= 0:
         raise ValueError("--steps, --batch, --save-every must be >= 1 and --lr > 0")
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)            # the network initialisation; batches and noise use their own generator
 
     from tqdm import tqdm
     from polydiff.core.discrete.graph import GraphCrossEntropy
