@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import sys
 import time
@@ -204,10 +203,10 @@ def train_property(args: argparse.Namespace) -> int:
         err = []
         with torch.no_grad():
             for i in range(0, len(va), 100):
-                part = [va.molecule(j) for j in range(i, min(i + 100, len(va)))]
-                for k, p in enumerate(part):
-                    z, mask = enc.encode([p])
-                    err.append(abs(float(net(z, mask)) - float(va.properties[args.property][i + k])))
+                rows = range(i, min(i + 100, len(va)))
+                z, mask = enc.encode([va.molecule(j) for j in rows])      # padded; masked atoms do not count
+                err.extend((net(z, mask).double() - torch.as_tensor(va.properties[args.property][rows.start:rows.stop],
+                                                                      dtype=torch.float64)).abs().tolist())
         net.train()
         return float(np.mean(err))
 
@@ -224,7 +223,7 @@ def train_property(args: argparse.Namespace) -> int:
         z, mask = enc.encode(pts, n)
         y = torch.as_tensor((y_all[rows_of[n][rows.numpy()]] - net.mean) / net.std, dtype=torch.float32)
         for grp in opt.param_groups:
-            grp["lr"] = args.lr * min(1.0, (step + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
+            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         loss = (net.normalised(z, mask) - y).square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

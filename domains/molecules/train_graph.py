@@ -287,8 +287,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         step += 1
         ema.update(net, step * args.batch, args.batch)
         recent.append(float(loss.detach()))
-        recent_x.append(float(cx.mean()))
-        recent_e.append(float(ce.mean()))
+        recent_x.append(float(cx.detach().mean()))
+        recent_e.append(float(ce.detach().mean()))
         bar.update(1)
         over = bool(args.minutes) and time.time() - t_train > 60 * args.minutes
         if step % args.save_every == 0 or step == args.steps or over:
