@@ -263,3 +263,30 @@ def test_registry_is_extensible():
     assert "moses-selfies" in task.GENERATORS
     with pytest.raises(ValueError, match="MoleculeGenerator"):
         task.register_generator("x", object())
+
+
+def test_training_script_trains_exports_and_continues_with_the_saved_alphabet(tmp_path, capsys):
+    """train_selfies exports a loadable model; ``--init`` keeps that model's alphabet and length on a new
+    subset and drops exactly the molecules it cannot encode; a different architecture is refused."""
+    from polydiff.domains.molecules import train_selfies
+    small = ["--steps", "2", "--batch", "8", "--hidden", "16", "--depth", "1", "--heads", "2", "--save-every", "1",
+             "--cache-dir", str(tmp_path / "cache")]
+    first = tmp_path / "first"
+    assert train_selfies.main(["--out", str(first), "--molecules", "60", "--seed", "0", *small]) == 0
+    m = SelfiesModel.load(first)
+    assert json.loads((first / "config.json").read_text())["train"]["step"] == 2
+    new = train_selfies.encode_moses(300, 1, str(tmp_path / "cache"))
+    cannot = sum(1 for s in new if len(m.tokenizer.tokens(s)) > m.length
+                 or any(t not in m.tokenizer.ids for t in m.tokenizer.tokens(s)))
+    assert cannot > 0                   # 60 molecules do not cover 300 others' alphabet and lengths
+    capsys.readouterr()
+    second = tmp_path / "second"
+    assert train_selfies.main(["--out", str(second), "--molecules", "300", "--seed", "1", "--init", str(first),
+                               *small]) == 0
+    assert f"{cannot} of {len(new)} molecules dropped" in capsys.readouterr().err
+    m2 = SelfiesModel.load(second)
+    assert m2.tokenizer.symbols == m.tokenizer.symbols and m2.length == m.length
+    with pytest.raises(ValueError, match="must match"):
+        train_selfies.main(["--out", str(tmp_path / "bad"), "--molecules", "60", "--init", str(first),
+                            *small[:4], "--hidden", "32", "--depth", "1", "--heads", "2", "--cache-dir",
+                            str(tmp_path / "cache")])

@@ -10,7 +10,8 @@ rounded up to a multiple of 4) are taken from it, and MDLM's continuous-time ELB
 and cosine decay, EMA of the weights). Every ``--save-every`` steps the EMA network is exported to
 ``--out`` (``config.json`` + ``model.safetensors``) with the step, wall time and loss, so an interrupted
 run still leaves its latest model; ``--minutes`` stops the run at a wall-clock budget (after an export);
-``--init FOLDER`` continues from a saved model's weights (a fresh optimizer and schedule).
+``--init FOLDER`` continues from a saved model's weights (a fresh optimizer and schedule), keeping its alphabet
+and length: molecules of the new subset that it cannot encode are dropped, and their number is printed.
 """
 from __future__ import annotations
 
@@ -92,15 +93,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     t_start = time.time()
     strings = encode_moses(args.molecules, args.seed, args.cache_dir)
-    tok = SelfiesTokenizer.from_selfies(strings)
-    lengths = np.array([len(tok.tokens(s)) for s in strings])
-    length = int(math.ceil(lengths.max() / 4) * 4)
-    model = SelfiesModel(tok, length, hidden=args.hidden, depth=args.depth, heads=args.heads)
     if args.init:
+        # continue a saved model: keep its alphabet and length, and drop the strings it cannot encode
         init = SelfiesModel.load(args.init)
+        tok, length = init.tokenizer, init.length
+        keep = [s for s in strings if len(tok.tokens(s)) <= length and all(t in tok.ids for t in tok.tokens(s))]
+        if len(keep) < len(strings):
+            print(f"--init: {len(strings) - len(keep)} of {len(strings)} molecules dropped (longer than {length} "
+                  f"symbols or outside the model's alphabet)", file=sys.stderr, flush=True)
+        strings = keep
+        model = SelfiesModel(tok, length, hidden=args.hidden, depth=args.depth, heads=args.heads)
         if init.config() != model.config():
-            raise ValueError(f"--init {args.init} has config {init.config()}, this run {model.config()}")
+            raise ValueError(f"--init {args.init} has config {init.config()}, this run {model.config()} "
+                             "(--hidden, --depth and --heads must match)")
         model.net.load_state_dict(init.net.state_dict())
+    else:
+        tok = SelfiesTokenizer.from_selfies(strings)
+        length = int(math.ceil(max(len(tok.tokens(s)) for s in strings) / 4) * 4)
+        model = SelfiesModel(tok, length, hidden=args.hidden, depth=args.depth, heads=args.heads)
+    lengths = np.array([len(tok.tokens(s)) for s in strings])
     x = model.encode(strings)
     t_data = time.time() - t_start
     n_params = sum(p.numel() for p in model.net.parameters())
