@@ -97,11 +97,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # continue a saved model: keep its alphabet and length, and drop the strings it cannot encode
         init = SelfiesModel.load(args.init)
         tok, length = init.tokenizer, init.length
-        keep = [s for s in strings if len(tok.tokens(s)) <= length and all(t in tok.ids for t in tok.tokens(s))]
+        symbols = [tok.tokens(s) for s in strings]
+        keep = [k for k, r in enumerate(symbols) if len(r) <= length and all(t in tok.ids for t in r)]
         if len(keep) < len(strings):
             print(f"--init: {len(strings) - len(keep)} of {len(strings)} molecules dropped (longer than {length} "
                   f"symbols or outside the model's alphabet)", file=sys.stderr, flush=True)
-        strings = keep
+        strings, symbols = [strings[k] for k in keep], [symbols[k] for k in keep]
         model = SelfiesModel(tok, length, hidden=args.hidden, depth=args.depth, heads=args.heads)
         if init.config() != model.config():
             raise ValueError(f"--init {args.init} has config {init.config()}, this run {model.config()} "
@@ -109,9 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         model.net.load_state_dict(init.net.state_dict())
     else:
         tok = SelfiesTokenizer.from_selfies(strings)
-        length = int(math.ceil(max(len(tok.tokens(s)) for s in strings) / 4) * 4)
+        symbols = [tok.tokens(s) for s in strings]
+        length = int(math.ceil(max(len(r) for r in symbols) / 4) * 4)
         model = SelfiesModel(tok, length, hidden=args.hidden, depth=args.depth, heads=args.heads)
-    lengths = np.array([len(tok.tokens(s)) for s in strings])
+    lengths = np.array([len(r) for r in symbols])
     x = model.encode(strings)
     t_data = time.time() - t_start
     n_params = sum(p.numel() for p in model.net.parameters())
