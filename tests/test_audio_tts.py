@@ -199,6 +199,62 @@ def test_save_load_roundtrip(tmp_path) -> None:
         tts.load(tmp_path / "m")
 
 
+# ---------------------------------------------------------------- training a new decoder on a fixed encoder
+def test_aligned_means_batched_equal_per_utterance_alignment() -> None:
+    from polydiff.domains.audio.train_tts import aligned_means
+    m = _tiny()
+    g = torch.Generator().manual_seed(1)
+    ids = [encode("the dog ran away"), encode("a cat"), encode("a cat sat")]
+    mels = [torch.randn(80, n, generator=g) - 5 for n in (21, 6, 12)]
+    means = aligned_means(m, ids, mels, batch=2)                   # sorted by length, padded in pairs
+    for x, y, mu in zip(ids, mels, means):
+        mu_x, _, _, _, attn = m.align(x[None], torch.tensor([x.numel()]), y[None], torch.tensor([y.shape[1]]))
+        assert mu.shape == y.shape and torch.allclose(mu, (mu_x @ attn)[0], atol=1e-5)
+        assert torch.equal(attn.sum(1), torch.ones(1, y.shape[1]))  # every frame on exactly one symbol
+
+
+def _tiny_corpus(root) -> None:
+    import soundfile as sf
+    (root / "wavs").mkdir(parents=True)
+    texts = ["a cat sat", "the dog ran", "we sing", "it is red"]
+    for i, text in enumerate(texts):
+        t = torch.arange(8000 + 2000 * i) / 16000
+        sf.write(str(root / "wavs" / f"u{i}.wav"), (0.3 * torch.sin(2 * math.pi * (150 + 40 * i) * t)).numpy(), 16000)
+    (root / "metadata.csv").write_text("".join(f"u{i}|{x}|{x}\n" for i, x in enumerate(texts)))
+
+
+def test_decoder_only_training_keeps_the_encoder_and_trains_a_new_decoder(tmp_path) -> None:
+    import json
+    from polydiff.domains.audio.train_tts import main
+    _tiny_corpus(tmp_path / "corpus")
+    _tiny().save(tmp_path / "init")
+    init = tts.load(tmp_path / "init")
+    unet = {"channels": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attn_levels": [], "head_dim": 8,
+            "mid_attention": False, "norm_groups": 4}
+    common = ["--corpus", str(tmp_path / "corpus"), "--steps", "3", "--batch", "2", "--warmup", "1", "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "out"), "--init", str(tmp_path / "init"), "--decoder-only",
+                          "--config", json.dumps({"unet": unet})]) == 0
+    out = tts.load(tmp_path / "out")
+    assert out.config.unet == unet and out.config.hidden == init.config.hidden
+    for k, v in init.encoder.state_dict().items():                  # the encoder is exactly the init's
+        assert torch.equal(v, out.encoder.state_dict()[k]), k
+    assert out.decoder.unet.out.weight.abs().sum() > 0               # the fresh decoder (zero output layer) moved
+    assert "decoder only" in (tmp_path / "out" / "train.log").read_text()
+    # same decoder settings: the init's decoder is continued, not replaced
+    assert main(common + ["--out", str(tmp_path / "cont"), "--init", str(tmp_path / "init"), "--decoder-only"]) == 0
+    cont = tts.load(tmp_path / "cont")
+    assert cont.config.unet == init.config.unet
+    assert all(torch.equal(v, cont.encoder.state_dict()[k]) for k, v in init.encoder.state_dict().items())
+    assert not torch.equal(cont.decoder.unet.out.weight, init.decoder.unet.out.weight)
+    with pytest.raises(SystemExit, match="needs --init"):
+        main(common + ["--out", str(tmp_path / "x"), "--decoder-only"])
+    with pytest.raises(SystemExit, match="unless --decoder-only"):
+        main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "init"), "--config", '{"crop_frames": 16}'])
+    with pytest.raises(SystemExit, match="may change only"):
+        main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "init"), "--decoder-only",
+                       "--config", '{"hidden": 32}'])
+
+
 # ---------------------------------------------------------------- the shipped model
 def test_shipped_weights_speak() -> None:
     m = tts.pretrained("rms")

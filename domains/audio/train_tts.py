@@ -178,7 +178,36 @@ def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[to
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script (also read by ``polydiff train`` configs)."""
-    return training_parser(__doc__, model="TTSConfig", minutes=55.0, batch=16, lr=1e-3, warmup=200, ema=0.998)
+    p = training_parser(__doc__, model="TTSConfig", minutes=55.0, batch=16, lr=1e-3, warmup=200, ema=0.998)
+    p.add_argument("--decoder-only", action="store_true",
+                   help="with --init: keep its text encoder and duration predictor fixed, align the corpus once "
+                        "with them and train only the decoder; --config may then change the decoder's settings "
+                        f"({', '.join(sorted(DECODER_KEYS))}), and a changed `unet` starts a fresh decoder")
+    return p
+
+
+#: the config keys a ``--decoder-only`` run may change
+DECODER_KEYS = frozenset({"unet", "beta_min", "beta_max", "crop_frames", "griffin_lim_iters"})
+
+
+@torch.no_grad()
+def aligned_means(model: GradTTS, ids: Sequence[torch.Tensor], mels: Sequence[torch.Tensor],
+                  batch: int = 32) -> List[torch.Tensor]:
+    """Each utterance's prior mean mu_y (n_mels, frames): the encoder output (eval mode) repeated along the
+    MAS alignment to its mel, as the decoder sees it in training (:meth:`GradTTS.loss`)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: mels[i].shape[-1])
+    out: List[Optional[torch.Tensor]] = [None] * len(ids)
+    for k in range(0, len(order), batch):
+        sel = order[k:k + batch]
+        X, xl, Y, yl = collate([ids[i] for i in sel], [mels[i] for i in sel])
+        mu_x, _, _, _, attn = model.align(X, xl, Y, yl)
+        mu_y = torch.matmul(mu_x, attn)
+        for b, i in enumerate(sel):
+            out[i] = mu_y[b, :, :int(yl[b])].clone()
+    model.train(was_training)
+    return out  # type: ignore[return-value]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -187,7 +216,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t_start = time.time()
     overrides = read_overrides(a.config)
     init = load(a.init) if a.init else None
-    cfg = init.config if init is not None else TTSConfig.from_dict({**TTSConfig().__dict__, **overrides})
+    if a.decoder_only and init is None:
+        raise SystemExit("--decoder-only needs --init (the model whose encoder is kept)")
+    if init is not None and overrides and not a.decoder_only:
+        raise SystemExit("--config with --init changes nothing unless --decoder-only (the model keeps its config)")
+    if a.decoder_only and set(overrides) - DECODER_KEYS:
+        raise SystemExit(f"--decoder-only may change only {sorted(DECODER_KEYS)}; got {sorted(set(overrides) - DECODER_KEYS)}")
+    if init is None:
+        cfg = TTSConfig.from_dict({**TTSConfig().__dict__, **overrides})
+    else:
+        cfg = TTSConfig.from_dict({**init.config.__dict__, **overrides})
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,16 +237,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         f"features in {time.time() - t_start:.0f} s")
     model = GradTTS(cfg)
     if init is not None:
-        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
-        say(f"initialised from {a.init}")
+        fresh_decoder = cfg.unet != init.config.unet
+        state = {k: v.float() for k, v in init.state_dict().items()
+                 if not (fresh_decoder and k.startswith("decoder."))}
+        missing, _ = model.load_state_dict(state, strict=not fresh_decoder)
+        if any(not k.startswith("decoder.") for k in missing):
+            raise RuntimeError(f"weights missing from {a.init}: {missing}")
+        say(f"initialised from {a.init}" + (" (encoder and duration predictor; a fresh decoder)" if fresh_decoder else ""))
     n_params = sum(p.numel() for p in model.parameters())
     say(f"model: {n_params / 1e6:.2f} M parameters (encoder {sum(p.numel() for p in model.encoder.parameters()) / 1e6:.2f} M, "
         f"decoder {sum(p.numel() for p in model.decoder.parameters()) / 1e6:.2f} M); config {json.dumps(cfg.__dict__)}")
-    opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.98))
+    if a.decoder_only:
+        t0 = time.time()
+        means = aligned_means(model, ids, mels)
+        say(f"decoder only: encoder fixed, corpus aligned once in {time.time() - t0:.0f} s")
+        for q in model.encoder.parameters():
+            q.requires_grad_(False)
+    opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=a.lr, betas=(0.9, 0.98))
 
     def losses(g: torch.Generator) -> Dict[str, torch.Tensor]:
         sel = torch.randint(len(ids), (a.batch,), generator=g).tolist()
         X, xl, Y, yl = collate([ids[i] for i in sel], [mels[i] for i in sel])
+        if a.decoder_only:
+            _, _, MU, _ = collate([ids[i] for i in sel], [means[i] for i in sel])
+            d = model.decoder_loss(Y, MU, yl, generator=g)
+            return {"diffusion": d, "total": d}
         return model.loss(X, xl, Y, yl, generator=g)
 
     fit(model, opt, losses, a, out, say, t_start, "grad-tts")

@@ -351,33 +351,46 @@ class GradTTS(torch.nn.Module):
         if ids.dim() != 2 or mels.dim() != 3 or mels.shape[1] != cfg.n_mels or ids.shape[0] != mels.shape[0]:
             raise ValueError(f"need ids (B, Tx) and mels (B, {cfg.n_mels}, Ty); got {tuple(ids.shape)}, "
                              f"{tuple(mels.shape)}")
-        mu_x, logw, x_mask = self.encoder(ids, x_lengths)
-        B, _, Ty = mels.shape
-        y_mask = sequence_mask(y_lengths, Ty).unsqueeze(1).to(mels.dtype)
-        with torch.no_grad():
-            logp = gaussian_logp(mels * y_mask, mu_x)
-            attn = monotonic_alignment(logp, x_lengths, y_lengths).to(mels.dtype)
+        mu_x, logw, x_mask, y_mask, attn = self.align(ids, x_lengths, mels, y_lengths)
         dur_target = torch.log(1e-8 + attn.sum(2)) * x_mask.squeeze(1)
         dur_loss = (logw - dur_target).square().sum() / x_lengths.sum()
         mu_y = torch.matmul(mu_x, attn)                              # (B, n_mels, Ty)
         prior = 0.5 * ((mels - mu_y).square() + math.log(2 * math.pi)) * y_mask
         prior_loss = prior.sum() / (y_mask.sum() * cfg.n_mels)
-        # random crops for the decoder (mu_y and y padded with the mel floor)
-        L = cfg.crop_frames
+        diff_loss = self.decoder_loss(mels, mu_y, y_lengths, generator)
+        total = dur_loss + prior_loss + diff_loss
+        return {"duration": dur_loss, "prior": prior_loss, "diffusion": diff_loss, "total": total}
+
+    def align(self, ids: Tensor, x_lengths: Tensor, mels: Tensor, y_lengths: Tensor
+              ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Encode a batch and align it to its mels by MAS: (mu_x (B, n_mels, Tx), logw (B, Tx),
+        x_mask (B, 1, Tx), y_mask (B, 1, Ty) float, attn (B, Tx, Ty) 0/1, no gradient)."""
+        mu_x, logw, x_mask = self.encoder(ids, x_lengths)
+        y_mask = sequence_mask(y_lengths, mels.shape[-1]).unsqueeze(1).to(mels.dtype)
+        with torch.no_grad():
+            logp = gaussian_logp(mels * y_mask, mu_x)
+            attn = monotonic_alignment(logp, x_lengths, y_lengths).to(mels.dtype)
+        return mu_x, logw, x_mask, y_mask, attn
+
+    def decoder_loss(self, mels: Tensor, mu_y: Tensor, y_lengths: Tensor,
+                     generator: Optional[torch.Generator] = None) -> Tensor:
+        """The decoder's diffusion loss (scalar) on one random ``crop_frames`` crop per utterance of mels
+        and their aligned prior means mu_y (both (B, n_mels, Ty); frames past y_lengths, and crops of
+        shorter utterances, are padded with the mel floor)."""
+        L, (B, n_mels, Ty) = self.config.crop_frames, mels.shape
+        y_mask = sequence_mask(y_lengths, Ty).unsqueeze(1)
         floor = torch.tensor(MEL_FLOOR, dtype=mels.dtype, device=mels.device)
-        y_pad = torch.where(y_mask.bool(), mels, floor)
-        mu_pad = torch.where(y_mask.bool(), mu_y, floor)
+        y_pad = torch.where(y_mask, mels, floor)
+        mu_pad = torch.where(y_mask, mu_y, floor)
         if Ty < L:
             y_pad = F.pad(y_pad, (0, L - Ty), value=MEL_FLOOR)
             mu_pad = F.pad(mu_pad, (0, L - Ty), value=MEL_FLOOR)
         room = (y_lengths - L).clamp_min(0).to(torch.float64)
         u = torch.rand(B, generator=generator, dtype=torch.float64).to(mels.device)
         start = torch.floor(u * (room + 1)).long()
-        idx = (start[:, None] + torch.arange(L, device=mels.device)[None]).unsqueeze(1).expand(B, cfg.n_mels, L)
+        idx = (start[:, None] + torch.arange(L, device=mels.device)[None]).unsqueeze(1).expand(B, n_mels, L)
         y_crop, mu_crop = y_pad.gather(2, idx), mu_pad.gather(2, idx)
-        diff_loss = self.diffusion_loss(self.decoder, y_crop, generator=generator, mu=mu_crop).mean()
-        total = dur_loss + prior_loss + diff_loss
-        return {"duration": dur_loss, "prior": prior_loss, "diffusion": diff_loss, "total": total}
+        return self.diffusion_loss(self.decoder, y_crop, generator=generator, mu=mu_crop).mean()
 
     # -------------------------------------------------------- inference
     @torch.no_grad()
