@@ -9,7 +9,7 @@ import torch
 
 from polydiff.core import Denoiser, analytic, losses, nets, paths, sample
 from polydiff.core.metrics import sliced_wasserstein
-from polydiff.core.training import EMA, BatchPlan, TrainConfig, Trainer, ema_beta, load, lr_at
+from polydiff.core.training import EMA, BatchPlan, TrainConfig, Trainer, ema_beta, gradient_step, load, lr_at
 from polydiff.core.training.data import DataSourceAdapter, shard_of
 
 HERE = pathlib.Path(__file__).parent
@@ -53,6 +53,32 @@ def test_ema_beta_half_life_and_rampup():
     # ramp-up: h = min(half_life, rampup * nimg) = 0.05 * 1000 = 50 samples
     assert ema_beta(1000, 100, 10**6, rampup=0.05) == pytest.approx(0.25, rel=1e-12)
     assert ema_beta(5, 1, 0.0) == 0.0            # half-life 0: the EMA is the model
+
+
+def test_gradient_step_is_clipped_sgd_and_refuses_non_finite_losses() -> None:
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+    unused = torch.nn.Parameter(torch.ones(2))                     # no gradient: left out of the norm
+    opt = torch.optim.SGD([w, unused], lr=123.0)
+    # loss = w . (1, 1) * 10: gradient (10, 10), norm 10 sqrt 2; clipped to norm 1 -> (1, 1) / sqrt 2
+    norm = gradient_step(opt, 10 * w.sum(), lr=0.5, clip=1.0)
+    assert float(norm) == pytest.approx(10 * math.sqrt(2), rel=1e-6)
+    assert opt.param_groups[0]["lr"] == 0.5
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 0.5 / math.sqrt(2), atol=1e-6)
+    assert torch.equal(unused.detach(), torch.ones(2))
+    # no clipping: a plain SGD step at the optimizer's current rate
+    gradient_step(opt, (w * torch.tensor([1.0, -2.0])).sum(), clip=math.inf)
+    assert torch.allclose(w.detach(), torch.tensor([3.0 - 0.5 / math.sqrt(2) - 0.5, 4.0 - 0.5 / math.sqrt(2) + 1.0]))
+    before = w.detach().clone()
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 7"):
+        gradient_step(opt, w.sum() * float("nan"), step=7)
+    # a finite loss with an infinite gradient (sqrt at 0) is skipped, not applied
+    z = torch.nn.Parameter(torch.zeros(1))
+    opt_z = torch.optim.SGD([z], lr=1.0)
+    norm = gradient_step(opt_z, z.sqrt().sum())
+    assert not math.isfinite(float(norm)) and torch.equal(z.detach(), torch.zeros(1))
+    assert torch.equal(w.detach(), before)
+    with pytest.raises(ValueError, match="scalar loss"):
+        gradient_step(opt, w * 2)
 
 
 def test_ema_update_matches_closed_form():

@@ -10,8 +10,9 @@ from .distributed import (barrier, gather_samples, get_rank, get_world_size, ini
                           sharded_sample)
 from .ema import EMA, ema_beta
 from .schedule import SCHEDULES, lr_at
+from .step import gradient_step
 from .trainer import PRECISIONS, TrainConfig, Trainer
 
-__all__ = ["Trainer", "TrainConfig", "EMA", "ema_beta", "lr_at", "SCHEDULES", "PRECISIONS", "load", "save_model",
+__all__ = ["Trainer", "TrainConfig", "EMA", "ema_beta", "lr_at", "gradient_step", "SCHEDULES", "PRECISIONS", "load", "save_model",
            "latest_checkpoint", "read_checkpoint", "BatchPlan", "fold_seed", "init_distributed", "get_rank",
            "get_world_size", "is_main", "barrier", "shard_indices", "sharded_sample", "gather_samples"]

@@ -58,6 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from tqdm import tqdm
     from polydiff.core import losses, paths
     from polydiff.core.training.ema import EMA
+    from polydiff.core.training.step import gradient_step
     from .enhance import MixtureDataset, NOISE_KINDS, SpecNet, save_model, training_pair
     from .features import SpecConfig
 
@@ -144,15 +145,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         keep = (torch.rand(x0.shape[0], generator=g) >= args.p_uncond).to(x0.dtype)
         mu = y * keep[:, None, None, None]
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for pg in opt.param_groups:
-            pg["lr"] = lr
         loss = loss_fn(net, x0, generator=g, mu=mu).mean()
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite loss at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step, lr=lr)
         step += 1
         ema.update(net, step * args.batch, args.batch)
         run_loss += loss.item(); n_loss += 1

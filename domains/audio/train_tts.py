@@ -27,6 +27,7 @@ from .features import log_mel
 from .text import encode
 from .tts import GradTTS, TTSConfig, load
 from ...core.training.schedule import lr_at
+from ...core.training.step import gradient_step
 
 
 def load_corpus(root: str, phonemes: bool = True, limit: Optional[int] = None,
@@ -142,16 +143,10 @@ def fit(model: torch.nn.Module, opt: torch.optim.Optimizer, losses: Callable[[to
     model.train()
     while step < a.steps and time.time() < deadline:
         parts = losses(g)
-        opt.zero_grad(set_to_none=True)
-        parts["total"].backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         budget_used = step / a.steps if a.steps < 10 ** 9 else (time.time() - t_start) / (60 * a.minutes)
         lr = lr_at(min(10 ** 6, round(10 ** 6 * budget_used)), a.lr, 10 ** 6, 0, a.schedule, a.min_lr) \
             * min(1.0, (step + 1) / a.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        if torch.isfinite(gn):
-            opt.step()
+        gn = gradient_step(opt, parts["total"], lr=lr, clip=a.clip, step=step)
         step += 1
         decay = min(a.ema, (1 + step) / (10 + step))
         with torch.no_grad():

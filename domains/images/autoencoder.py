@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from polydiff.core.nets import build as build_net
 from polydiff.core.nets import config_of, register
 from polydiff.core.nets.layers import as_int_tuple
+from polydiff.core.training.step import gradient_step
 
 from .data import check_images
 
@@ -194,10 +195,7 @@ def train_autoencoder(x: Tensor, ae: Optional[KLAutoencoder] = None, steps: int 
     for step in range(steps):
         idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=g, device=x.device)
         terms = ae.loss(x[idx], beta, generator=g)
-        opt.zero_grad(set_to_none=True)
-        terms["total"].mean().backward()
-        torch.nn.utils.clip_grad_norm_(ae.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, terms["total"].mean(), step=step)
         sched.step()
         if log_every and (step + 1) % log_every == 0:
             recon, kl = terms["recon"].detach().mean().item(), terms["kl"].detach().mean().item()

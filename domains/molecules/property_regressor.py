@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from polydiff.core.discrete.graph import node_mask_from_sizes
 from polydiff.core.training.files import read_model_folder, write_model_folder
+from polydiff.core.training.step import gradient_step
 
 MODEL_NAME = "qm9-graph-property-regressor"
 _GROUP_VALENCE = {"C": 4, "N": 3, "O": 2, "F": 1, "S": 2, "Cl": 1, "Br": 1, "P": 3, "B": 3}
@@ -200,13 +201,9 @@ def fit(reg: PropertyRegressor, x: Tensor, e: Tensor, node_mask: Tensor, y: Tens
         idx = perm[pos:pos + batch]
         pos += batch
         frac = min(1.0, step / steps)
-        for grp in opt.param_groups:
-            grp["lr"] = lr * min(1.0, (step + 1) / warm) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         loss = (net(x[idx], e[idx], node_mask[idx], hyd[idx]) - z[idx]).abs().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step,
+                      lr=lr * min(1.0, (step + 1) / warm) * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac))))
         step += 1
         recent = (recent + [float(loss.detach()) * reg.std])[-200:]
         if log is not None and step % log_every == 0:

@@ -47,6 +47,7 @@ from polydiff.core.discrete.graph import (GraphCrossEntropy, GraphProcess, node_
                                          sample_graph)
 
 from polydiff.core.training.files import read_model_folder, write_model_folder
+from polydiff.core.training.step import gradient_step
 
 from .graph_model import GraphTransformer
 from .shipped import shipped_folder
@@ -392,8 +393,6 @@ def train(model: SyntheticGraphModel, graphs: Sequence[nx.Graph], *, steps: int 
             cur = lr * (step + 1) / warmup
         else:
             cur = lr / 20 + (lr - lr / 20) * 0.5 * (1 + math.cos(math.pi * frac))
-        for grp in opt.param_groups:
-            grp["lr"] = cur
         if pos + batch_size > len(x_all):
             perm, pos = torch.randperm(len(x_all), generator=gen), 0
         if batch_size <= len(x_all):
@@ -402,10 +401,7 @@ def train(model: SyntheticGraphModel, graphs: Sequence[nx.Graph], *, steps: int 
             idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
         pos += batch_size
         loss = loss_fn(net, x_all[idx], e_all[idx], m_all[idx], generator=gen).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step, lr=cur)
         step += 1
         ema.update(net, step * len(idx), len(idx))
         recent.append(float(loss.detach()))

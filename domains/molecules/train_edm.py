@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from polydiff.core.training.schedule import lr_at
+from polydiff.core.training.step import gradient_step
 
 
 def size_buckets(ds) -> Dict[int, Dict[str, np.ndarray]]:
@@ -151,15 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t = loss_fn.time_sampler(z0.shape[0], model.path, gen)
         eps = torch.randn(z0.shape, generator=gen)
         eps = remove_mean(eps, mask)
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         loss = loss_fn.loss_at(net, z0, t, eps, mask=mask).mean()
-        if not torch.isfinite(loss):
-            raise ValueError(f"non-finite loss at step {step}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step, lr=lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20))
         step += 1
         ema.update(net, step * args.batch, args.batch)
         recent.append(float(loss.detach()))
@@ -222,13 +216,8 @@ def train_property(args: argparse.Namespace) -> int:
         n, rows, pts = next(stream)
         z, mask = enc.encode(pts, n)
         y = torch.as_tensor((y_all[rows_of[n][rows.numpy()]] - net.mean) / net.std, dtype=torch.float32)
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         loss = (net.normalised(z, mask) - y).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step, lr=lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20))
         step += 1
         recent.append(float(loss.detach()))
         over = bool(args.minutes) and time.time() - t_train > 60 * args.minutes

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from polydiff.core.training.schedule import lr_at
+from polydiff.core.training.step import gradient_step
 
 
 def qm9_graphs(split: str = "train", max_nodes: int = 9, cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
@@ -268,8 +269,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             perm, pos = torch.randperm(len(X), generator=gen), 0
         idx = perm[pos:pos + args.batch]
         pos += args.batch
-        for grp in opt.param_groups:
-            grp["lr"] = lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20)
         if C is None:
             den = net
         else:                       # classifier-free training: the null embedding with probability p_uncond
@@ -280,10 +279,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return net(x_t, e_t, t, mask, cond=_c, drop=_d)
         total, cx, ce = loss_fn(den, X[idx], E[idx], M[idx], generator=gen, parts=True)
         loss = total.mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        gradient_step(opt, loss, step=step, lr=lr_at(step, args.lr, args.steps, args.warmup, "cosine", args.lr / 20))
         step += 1
         ema.update(net, step * args.batch, args.batch)
         recent.append(float(loss.detach()))
