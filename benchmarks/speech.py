@@ -37,7 +37,7 @@ from polydiff.domains.audio import corpus as C
 from polydiff.domains.audio import io as aio
 from polydiff.domains.audio.features import griffin_lim, log_mel
 from polydiff.domains.audio.metrics import Recognizer, error_rates, mcd
-from polydiff.domains.audio.tts import DEFAULT_TEMPERATURE, GradTTS, load, pretrained
+from polydiff.domains.audio.tts import GradTTS, load, pretrained
 
 RATE = 16000
 
@@ -101,8 +101,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--solver", default="dpmpp_2m", help="solver of row (c) (default: speak's, dpmpp_2m)")
     p.add_argument("--grid", default="logsnr", help="time grid of row (c) (default: speak's, logsnr)")
-    p.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   help=f"temperature of the TTS rows (default: speak's, {DEFAULT_TEMPERATURE:g})")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="temperature of the TTS rows (default: the model's, config.temperature, as speak)")
     p.add_argument("--gl-iters", default="32,64", help="Griffin-Lim iteration counts for the ceiling rows")
     p.add_argument("--variants", default="", help="extra TTS rows solver:steps[:grid], e.g. 'dpmpp_2m:10:logsnr,euler:4'")
     p.add_argument("--rtf-n", type=int, default=10, help="sentences for the real-time factor")
@@ -116,6 +116,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     gl_iters = [int(v) for v in a.gl_iters.split(",") if v][: 1 if a.quick else None]
     sentences = C.sentences(a.split)[:n]
     model = load(a.model_dir) if a.model_dir else pretrained("rms")
+    if a.temperature is None:
+        a.temperature = model.config.temperature
     rec = Recognizer()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

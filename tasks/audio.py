@@ -3,7 +3,7 @@
     polydiff data speech --voice rms --n 2000 --out DIR [--seed 0] [--split train|valid|test]
     polydiff evaluate speech DIR [--limit N]      # pocketsphinx WER/CER of a corpus against its text
 
-    polydiff speak TEXT --out FILE.wav [--steps 10] [--seed 0] [--temperature 4] [--solver dpmpp_2m] [--grid logsnr] [--mean-only]
+    polydiff speak TEXT --out FILE.wav [--steps 10] [--seed 0] [--temperature T] [--solver dpmpp_2m] [--grid logsnr] [--mean-only]
     polydiff enhance IN.wav --out OUT.wav [--steps N] [--seed S] [--method sgmse|wiener|unsupervised]
 
 Heavy imports happen inside the handlers, so ``polydiff --help`` stays fast.
@@ -135,7 +135,6 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
 
     # ---- speak: `polydiff speak TEXT --out FILE.wav [--steps N] [--seed S]` (Grad-TTS, domains/audio/tts.py)
     from polydiff.core.solvers import solvers as _solver_table
-    from polydiff.domains.audio.tts import DEFAULT_TEMPERATURE
     s = verbs["speak"]("speak", help="text to speech with the shipped Grad-TTS model (16 kHz mono WAV)",
                        description="Speak TEXT with the Grad-TTS model trained on flite's rms voice: text encoder "
                                    "and durations, a diffusion mel decoder on the core's mean-reverting path, and "
@@ -145,9 +144,9 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
     s.add_argument("--out", required=True, help="output WAV file (16 kHz, mono, 16-bit PCM)")
     s.add_argument("--steps", type=int, default=10, help="diffusion solver steps (default 10)")
     s.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
-    s.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE,
-                   help=f"Grad-TTS temperature: the start noise is divided by it (default {DEFAULT_TEMPERATURE:g}, "
-                        "chosen on validation sentences; Grad-TTS uses 1.5)")
+    s.add_argument("--temperature", type=float, default=None,
+                   help="Grad-TTS temperature: the start noise is divided by it (default: the shipped model's, "
+                        "chosen on validation sentences and stored in its config.json; Grad-TTS uses 1.5)")
     s.add_argument("--solver", default="dpmpp_2m", choices=sorted(n for n in _solver_table() if n != "fitted"),
                    help="core solver for the decoder (default dpmpp_2m: 25%% WER against Euler's 31%% at 10 steps, "
                         "benchmarks/RESULTS.md; Grad-TTS itself uses euler)")

@@ -144,6 +144,14 @@ def test_mel_shapes_seed_determinism_and_mean_only() -> None:
     assert torch.allclose(mean, expect, atol=1e-6) and a.shape == mean.shape
     # length_scale stretches the durations
     assert m.mel("the cat", mean_only=True, length_scale=2.0).shape[1] == int(torch.ceil(torch.exp(logw) * 2).sum())
+    # the default temperature is the model's own (config.temperature)
+    assert m.config.temperature == tts.DEFAULT_TEMPERATURE
+    assert torch.equal(a, m.mel("the cat", steps=3, seed=1, temperature=tts.DEFAULT_TEMPERATURE))
+    m.config.temperature = 2.0
+    hot = m.mel("the cat", steps=3, seed=1)
+    assert torch.equal(hot, m.mel("the cat", steps=3, seed=1, temperature=2.0)) and not torch.allclose(hot, a)
+    with pytest.raises(ValueError, match="temperature"):
+        tts.TTSConfig(temperature=0.0)
 
 
 def test_mel_is_the_core_sampler_on_the_grad_tts_path() -> None:

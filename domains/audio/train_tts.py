@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: the config keys a ``--decoder-only`` run may change
-DECODER_KEYS = frozenset({"unet", "beta_min", "beta_max", "crop_frames", "griffin_lim_iters"})
+DECODER_KEYS = frozenset({"unet", "beta_min", "beta_max", "crop_frames", "griffin_lim_iters", "temperature"})
 
 
 @torch.no_grad()

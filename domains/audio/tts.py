@@ -57,10 +57,10 @@ MEL_FLOOR = math.log(MelConfig().floor)
 #: mean and standard deviation of the log-mels of the rms training corpus (used to scale mu's input channels)
 MEL_MEAN, MEL_STD = -5.5, 2.3
 SAMPLE_RATE = MelConfig().sample_rate
-# Grad-TTS samples at temperature 1.5. On our 200 validation sentences (never the test ones) the shipped
-# rms model's pocketsphinx WER is 22.8 % at 1.5, 18.3 % at 2.5, 17.9 % at 4, 18.5 % at 7 and 20.3 % at 15
-# (the encoder mean alone: 44.4 %): a lower start noise suits a small, CPU-trained decoder
-# (benchmarks/RESULTS.md, "Temperature chosen on validation sentences").
+#: the sampling temperature of configs that do not name one (``TTSConfig.temperature``). Grad-TTS samples
+#: at 1.5; our first 64-channel decoder was best at 4 on validation sentences (pocketsphinx WER 22.8 % at 1.5,
+#: 18.3 % at 2.5, 17.9 % at 4, 18.5 % at 7; benchmarks/RESULTS.md, "Temperature chosen on validation sentences").
+#: The best temperature depends on the decoder, so each model's config.json carries its own.
 DEFAULT_TEMPERATURE = 4.0
 
 
@@ -90,12 +90,16 @@ class TTSConfig:
     beta_max: float = 20.0
     crop_frames: int = 128
     griffin_lim_iters: int = 32
+    #: inference default: the start noise is divided by it (chosen per model on validation sentences)
+    temperature: float = DEFAULT_TEMPERATURE
 
     def __post_init__(self) -> None:
         if self.n_vocab != len(symbols()):
             raise ValueError(f"n_vocab {self.n_vocab} differs from the symbol table ({len(symbols())} symbols)")
         if self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} must be divisible by heads {self.heads}")
+        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
         if self.crop_frames % self.frame_multiple:
             raise ValueError(f"crop_frames {self.crop_frames} must be a multiple of {self.frame_multiple}")
 
@@ -414,10 +418,12 @@ class GradTTS(torch.nn.Module):
         return mu_y, frames
 
     @torch.no_grad()
-    def mel(self, text: str, *, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m",
+    def mel(self, text: str, *, steps: int = 10, temperature: Optional[float] = None, solver: str = "dpmpp_2m",
             grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False) -> Tensor:
         """Log-mel (n_mels, frames) of ``text``: the diffusion decoder's sample, or the aligned encoder
-        mean with ``mean_only``. The starting noise is drawn from torch.Generator().manual_seed(seed)."""
+        mean with ``mean_only``. The starting noise is drawn from torch.Generator().manual_seed(seed) and
+        divided by ``temperature`` (default: the model's, ``config.temperature``)."""
+        temperature = self.config.temperature if temperature is None else temperature
         _check_options(steps, temperature, solver, length_scale)
         ids = self.encode_text(text).to(self.encoder.emb.weight.device)
         mu_y, frames = self.prior_mean(ids, length_scale)
@@ -436,7 +442,7 @@ class GradTTS(torch.nn.Module):
         peak = float(wav.abs().max())
         return wav * (0.99 / peak) if peak > 0.99 else wav
 
-    def synthesize(self, text: str, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m", *,
+    def synthesize(self, text: str, steps: int = 10, temperature: Optional[float] = None, solver: str = "dpmpp_2m", *,
                    grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0,
                    mean_only: bool = False) -> Tuple[Tensor, int]:
         """(waveform (T,) float32 in [-1, 1], 16000) for ``text``; see :meth:`mel` for the options."""
@@ -497,7 +503,7 @@ def pretrained(name: str = "rms") -> GradTTS:
     return load(WEIGHTS_DIR / PRETRAINED[name])
 
 
-def synthesize(text: str, steps: int = 10, temperature: float = DEFAULT_TEMPERATURE, solver: str = "dpmpp_2m", *,
+def synthesize(text: str, steps: int = 10, temperature: Optional[float] = None, solver: str = "dpmpp_2m", *,
                grid: str = "logsnr", seed: int = 0, length_scale: float = 1.0, mean_only: bool = False,
                model: Optional[GradTTS] = None) -> Tuple[Tensor, int]:
     """Speak ``text`` with the shipped rms model (or ``model``): (waveform (T,) at 16 kHz, 16000)."""
