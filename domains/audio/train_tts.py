@@ -7,7 +7,11 @@ Every utterance's log-mel (16 kHz, hop 256, 80 bands) and symbol ids are compute
 step draws a random batch; MAS, the duration and prior losses see whole utterances, the diffusion
 decoder one random ``crop_frames`` crop per utterance (Grad-TTS, Popov et al., ICML 2021, Sec. 4).
 Adam with linear warm-up, gradient clipping, and an exponential moving average of all weights (the
-EMA weights are what ``model.safetensors`` holds). Checkpoints (``model.safetensors``, ``config.json``,
+EMA weights are what ``model.safetensors`` holds). ``--decoder-only`` (with ``--init``) keeps a trained text
+encoder and duration predictor fixed, aligns the corpus once with them (:func:`aligned_means`) and trains only the
+decoder, a fresh one when ``--config`` changes its ``unet``: a wider decoder costs no retraining of the encoder, and
+each step skips the encoder and MAS (63 % of a joint step with the first, 64-channel decoder). Checkpoints
+(``model.safetensors``, ``config.json``,
 ``progress.json``) are written every ``--checkpoint-minutes`` and at the end; ``train.log`` gets a line
 of losses every ``--log-every`` steps. ``torch.set_num_threads(1)`` unless ``--threads``.
 """
