@@ -148,8 +148,8 @@ def add_commands(verbs: Dict[str, Callable[..., argparse.ArgumentParser]]) -> No
                    help="Grad-TTS temperature: the start noise is divided by it (default: the shipped model's, "
                         "chosen on validation sentences and stored in its config.json; Grad-TTS uses 1.5)")
     s.add_argument("--solver", default="dpmpp_2m", choices=sorted(n for n in _solver_table() if n != "fitted"),
-                   help="core solver for the decoder (default dpmpp_2m: 25%% WER against Euler's 31%% at 10 steps, "
-                        "benchmarks/RESULTS.md; Grad-TTS itself uses euler)")
+                   help="core solver for the decoder (default dpmpp_2m: the lowest WER of the solvers tried on validation "
+                        "sentences, benchmarks/RESULTS.md; Grad-TTS itself uses euler)")
     from polydiff.core.grids import GRIDS
     s.add_argument("--grid", default="logsnr", choices=list(GRIDS),
                    help="time grid of the solver (default logsnr)")
