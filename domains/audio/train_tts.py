@@ -221,10 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise SystemExit("--config with --init changes nothing unless --decoder-only (the model keeps its config)")
     if a.decoder_only and set(overrides) - DECODER_KEYS:
         raise SystemExit(f"--decoder-only may change only {sorted(DECODER_KEYS)}; got {sorted(set(overrides) - DECODER_KEYS)}")
-    if init is None:
-        cfg = TTSConfig.from_dict({**TTSConfig().__dict__, **overrides})
-    else:
-        cfg = TTSConfig.from_dict({**init.config.__dict__, **overrides})
+    cfg = TTSConfig.from_dict({**(init.config if init is not None else TTSConfig()).__dict__, **overrides})
     torch.manual_seed(a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -98,8 +98,7 @@ class TTSConfig:
             raise ValueError(f"n_vocab {self.n_vocab} differs from the symbol table ({len(symbols())} symbols)")
         if self.hidden % self.heads:
             raise ValueError(f"hidden {self.hidden} must be divisible by heads {self.heads}")
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        _check_positive("temperature", self.temperature)
         if self.crop_frames % self.frame_multiple:
             raise ValueError(f"crop_frames {self.crop_frames} must be a multiple of {self.frame_multiple}")
 
@@ -471,13 +470,16 @@ class GradTTS(torch.nn.Module):
         return out
 
 
+def _check_positive(name: str, value: Any) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
 def _check_options(steps: int, temperature: float, solver: str, length_scale: float) -> None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if not (isinstance(length_scale, (int, float)) and math.isfinite(length_scale) and length_scale > 0):
-        raise ValueError(f"length_scale must be a finite number > 0, got {length_scale!r}")
+    _check_positive("temperature", temperature)
+    _check_positive("length_scale", length_scale)
     if solver not in _solvers():
         raise ValueError(f"unknown solver {solver!r}; valid: {sorted(_solvers())}")
 
