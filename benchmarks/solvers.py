@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from polydiff.core import analytic, fit_grid, paths, sample, solvers  # noqa: E402
+from polydiff.core import X0Variance, analytic, fit_grid, paths, sample, solvers  # noqa: E402
 from polydiff.core.metrics import sliced_wasserstein  # noqa: E402
 from polydiff.core.solvers.fitted import fit_solver  # noqa: E402
 
@@ -82,6 +82,7 @@ class Problem:
         self.logp_exact = float(gmm.log_prob(self.ref).mean())
         self.floors = [self.sw(gmm.sample(n, g)) for _ in range(n_floor)]
         self.floor = statistics.mean(self.floors)
+        self._x0_var: Dict[str, X0Variance] = {}
 
     def sw(self, x: torch.Tensor) -> float:
         return float(sliced_wasserstein(x.double(), self.ref, 100, generator=torch.Generator().manual_seed(0)))
@@ -90,6 +91,14 @@ class Problem:
         if not torch.isfinite(x).all():
             return math.inf, -math.inf
         return self.sw(x), float(self.gmm.log_prob(x.double()).mean()) - self.logp_exact
+
+    def x0_variance(self, path_name: str) -> X0Variance:
+        """Var[x0 | x_t] estimated once per path from exact samples (X0Variance's defaults)."""
+        if path_name not in self._x0_var:
+            data = self.gmm.sample(20_000, torch.Generator().manual_seed(5))
+            self._x0_var[path_name] = X0Variance.estimate(self.gmm.denoiser(paths.get_path(path_name)), data,
+                                                          path_name, generator=torch.Generator().manual_seed(6))
+        return self._x0_var[path_name]
 
     def posterior(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor):
         return self.gmm.denoise_and_eps(x, a, s)
@@ -106,6 +115,8 @@ def polydiff_configs(quick: bool) -> List[Tuple[str, str, str]]:
     for name in (FITTED[:2] if quick else FITTED):
         out.append((name, "flow", "fit"))
     out.append(("fitted", "flow", "fit"))      # fit_solver: times and coefficients fitted together
+    for path in (("flow",) if quick else ("flow", "vp")):
+        out.append(("ddpm+x0var", path, "logsnr"))  # Analytic-DPM: x0's posterior variance from data
     return out
 
 
@@ -114,7 +125,8 @@ def run_polydiff(prob: Problem, noise: torch.Tensor, fit_noise: torch.Tensor, co
     """Run configurations; with ``ode_targets`` (validation) the score is the global error instead of SW2:
     the mean squared distance to the converged probability-flow ODE solution from the same noise."""
     rows = []
-    for name, path_name, grid in configs:
+    for config_name, path_name, grid in configs:
+        name = config_name.split("+")[0]
         steps = steps_for(name, nfe)
         if steps is None or (ode_targets is not None and solvers()[name].stochastic):
             continue
@@ -122,6 +134,8 @@ def run_polydiff(prob: Problem, noise: torch.Tensor, fit_noise: torch.Tensor, co
         D = prob.gmm.denoiser(path)
         options = {}
         key = (name, path_name, steps)
+        if config_name.endswith("+x0var"):
+            options["x0_var"] = prob.x0_variance(path_name)
         if name == "fitted":
             if key not in fitted:
                 t_fit = time.perf_counter()
@@ -148,7 +162,7 @@ def run_polydiff(prob: Problem, noise: torch.Tensor, fit_noise: torch.Tensor, co
             sw, gap = (err if math.isfinite(err) else math.inf), math.nan
         else:
             sw, gap = prob.score(x)
-        rows.append(Row(prob.name, "polydiff", f"{name} {path_name}/{grid} ({steps} steps)",
+        rows.append(Row(prob.name, "polydiff", f"{config_name} {path_name}/{grid} ({steps} steps)",
                         solvers()[name].nfe(steps), sw, gap, dt, split))
     return rows
 

@@ -8,8 +8,8 @@ from . import analytic, discrete, guidance, likelihood, losses, mean_reverting, 
 from .denoiser import Denoiser, NFECounter
 from .grids import GRIDS, fit_grid, make_grid
 from .inverse import posterior_sample
-from .solvers import sample, solvers
+from .solvers import X0Variance, sample, solvers
 from .solvers.fitted import FittedSolver, fit_solver
 from .training import load
 
-__all__ = ["paths", "discrete", "analytic", "guidance", "likelihood", "losses", "mean_reverting", "metrics", "nets", "training", "load", "Denoiser", "NFECounter", "sample", "posterior_sample", "solvers", "make_grid", "fit_grid", "fit_solver", "FittedSolver", "GRIDS"]
+__all__ = ["paths", "discrete", "analytic", "guidance", "likelihood", "losses", "mean_reverting", "metrics", "nets", "training", "load", "Denoiser", "NFECounter", "sample", "X0Variance", "posterior_sample", "solvers", "make_grid", "fit_grid", "fit_solver", "FittedSolver", "GRIDS"]

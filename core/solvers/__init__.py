@@ -14,6 +14,7 @@ from .. import mean_reverting as _mr
 from ..paths import Path, get_path
 from . import exponential, fitted, ode, stochastic  # noqa: F401  (registers the solvers)
 from .base import Context, SolverInfo, get_solver, register, solvers
+from .variance import X0Variance
 
 Tensor = torch.Tensor
 
@@ -111,4 +112,4 @@ def sample(denoiser: Callable[..., Tensor], noise: Tensor, *, path: Union[Path, 
     return x
 
 
-__all__ = ["sample", "solvers", "get_solver", "register", "Context", "SolverInfo"]
+__all__ = ["sample", "solvers", "get_solver", "register", "Context", "SolverInfo", "X0Variance"]

@@ -9,6 +9,8 @@ returns alpha_t * D (the limit of every method), so no solver evaluates the deno
 """
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import numpy as np
 import torch
 
@@ -37,31 +39,46 @@ def _first_order(ctx: Context, i: int, x: Tensor, D: Tensor, overwrite: bool = F
 
 
 @register("ddim", nfe_per_step=1, order=1)
-def ddim(ctx: Context, x: Tensor, eta: float = 0.0) -> Tensor:
-    """DDIM (Song, Meng & Ermon, ICLR 2021); eta = 0 deterministic, eta = 1 is ancestral DDPM."""
+def ddim(ctx: Context, x: Tensor, eta: float = 0.0, x0_var: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """DDIM (Song, Meng & Ermon, ICLR 2021); eta = 0 deterministic, eta = 1 is ancestral DDPM.
+
+    x0_var: the per-dimension posterior variance v(t) of x0 (``X0Variance``); each step then adds
+    the moment-matched spread b^2 v(s) of Analytic-DPM (Bao et al., ICLR 2022), the last step too.
+    """
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     for i in range(ctx.n):
         D = ctx.denoise(x, i)
-        x = _first_order(ctx, i, x, D, True) if ctx.ends_at_data[i] or eta == 0 else _ddim_step(ctx, i, x, D, eta)
+        if x0_var is not None:
+            x = _ddim_step(ctx, i, x, D, eta, x0_var(ctx.t[i]))
+        elif ctx.ends_at_data[i] or eta == 0:
+            x = _first_order(ctx, i, x, D, True)
+        else:
+            x = _ddim_step(ctx, i, x, D, eta)
         ctx.report(i, x, D)
     return x
 
 
-def _ddim_step(ctx: Context, i: int, x: Tensor, D: Tensor, eta: float) -> Tensor:
+def _ddim_step(ctx: Context, i: int, x: Tensor, D: Tensor, eta: float, v: Optional[Tensor] = None) -> Tensor:
     """x_t = alpha_t D + sqrt(sigma_t^2 - c^2) eps-hat + c z with c = eta sigma_t sqrt(1 - e^{-2h});
-    eta = 1 is the exact ancestral step q(x_t | x_s, x0 = D), valid from zero SNR too."""
+    eta = 1 is the exact ancestral step q(x_t | x_s, x0 = D), valid from zero SNR too. With the
+    posterior variance v of x0 at s, the noise grows to sqrt(c^2 + b^2 v), b the coefficient on D."""
     a_s, s_s, a_t, s_t = ctx.alpha[i], ctx.sigma[i], ctx.alpha[i + 1], ctx.sigma[i + 1]
     e = ctx.exp_neg_h(i)
     c = (eta * s_t * torch.sqrt((1 - e * e).clamp_min(0))).clamp(max=s_t)
     keep = torch.sqrt((s_t * s_t - c * c).clamp_min(0))
-    return ctx.lin((keep / s_s, x), (a_t - keep * a_s / s_s, D), (c, ctx.randn(x)))
+    b = a_t - keep * a_s / s_s
+    noise = c if v is None else torch.sqrt(c * c + b * b * torch.as_tensor(v, dtype=c.dtype, device=c.device))
+    return ctx.lin((keep / s_s, x), (b, D), (noise, ctx.randn(x)))
 
 
 @register("ddpm", nfe_per_step=1, order=1, stochastic=True)
-def ddpm(ctx: Context, x: Tensor) -> Tensor:
-    """Ancestral sampling with the exact Gaussian posterior q(x_t | x_s, x0 = D) (Ho et al. 2020)."""
-    return ddim(ctx, x, eta=1.0)
+def ddpm(ctx: Context, x: Tensor, x0_var: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+    """Ancestral sampling with the exact Gaussian posterior q(x_t | x_s, x0 = D) (Ho et al. 2020).
+
+    x0_var: the posterior variance of x0 (``X0Variance``) for Analytic-DPM's moment-matched steps.
+    """
+    return ddim(ctx, x, eta=1.0, x0_var=x0_var)
 
 
 @register("dpmpp_2m", nfe_per_step=1, order=2)
