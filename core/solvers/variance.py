@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from ..mean_reverting import is_mean_reverting
 from ..paths import Path, get_path
 
 Tensor = torch.Tensor
@@ -82,8 +83,7 @@ class X0Variance:
         v sqrt(2 / (repeats B d)) for Gaussian errors.
         """
         path = get_path(path)
-        from .. import mean_reverting as _mr
-        if _mr.is_mean_reverting(path):
+        if is_mean_reverting(path):
             raise ValueError("X0Variance.estimate is for Gaussian paths; a mean-reverting path's x0 spread "
                              "depends on the prior mean")
         if not isinstance(data, Tensor) or data.dim() < 2 or data.shape[0] < 1 or not data.is_floating_point():
