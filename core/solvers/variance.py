@@ -104,7 +104,7 @@ class X0Variance:
         from tqdm.auto import tqdm
         with torch.no_grad():
             for k in tqdm(range(points), disable=not progress, desc="x0 variance"):
-                total = 0.0
+                total = torch.zeros((), dtype=torch.float64, device=data.device)   # one host sync per level
                 for _ in range(repeats):
                     for start in range(0, data.shape[0], batch):
                         x0 = data[start:start + batch]
@@ -114,8 +114,8 @@ class X0Variance:
                         D = denoiser(xt, t, **cond)
                         if D.shape != x0.shape:
                             raise ValueError(f"the denoiser returned shape {tuple(D.shape)} for input {tuple(x0.shape)}")
-                        total += float(((x0 - D).double() ** 2).sum())
-                var[k] = total / (repeats * data.shape[0] * per_example)
+                        total += ((x0 - D).double() ** 2).sum()
+                var[k] = float(total) / (repeats * data.shape[0] * per_example)
         if not bool(torch.isfinite(var).all()):
             raise FloatingPointError("the denoiser returned NaN or inf while estimating Var[x0 | x_t]")
         data_var = float(data.double().var(0, correction=0).mean()) if data.shape[0] > 1 else float(var[0])
