@@ -256,11 +256,39 @@ def test_decoder_only_training_keeps_the_encoder_and_trains_a_new_decoder(tmp_pa
     assert not torch.equal(cont.decoder.unet.out.weight, init.decoder.unet.out.weight)
     with pytest.raises(SystemExit, match="needs --init"):
         main(common + ["--out", str(tmp_path / "x"), "--decoder-only"])
-    with pytest.raises(SystemExit, match="unless --decoder-only"):
-        main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "init"), "--config", '{"crop_frames": 16}'])
+    with pytest.raises(SystemExit, match="keeps the model's sizes"):
+        main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "init"), "--config", '{"hidden": 32}'])
     with pytest.raises(SystemExit, match="may change only"):
         main(common + ["--out", str(tmp_path / "x"), "--init", str(tmp_path / "init"), "--decoder-only",
                        "--config", '{"hidden": 32}'])
+
+
+def test_edge_silence_wraps_ids_in_training_and_inference(tmp_path) -> None:
+    from polydiff.domains.audio.train_tts import load_corpus, main
+    plain = tts.TTSConfig()
+    edged = tts.TTSConfig(edge_silence=True)
+    x = encode("A cat sat.")
+    assert torch.equal(tts.text_ids("A cat sat.", plain), x)
+    assert torch.equal(tts.text_ids("A cat sat.", edged), torch.cat([torch.tensor([tts.BOUNDARY_ID]), x,
+                                                                      torch.tensor([tts.BOUNDARY_ID])]))
+    assert tts.symbols()[tts.BOUNDARY_ID] == " "
+    with pytest.raises(ValueError, match="empty"):
+        tts.text_ids("   ", edged)                                  # no speech is still an error, edges or not
+    _tiny_corpus(tmp_path / "corpus")
+    ids0, mels0 = load_corpus(str(tmp_path / "corpus"), plain, progress=False)
+    ids1, mels1 = load_corpus(str(tmp_path / "corpus"), edged, progress=False)
+    for a, b in zip(ids0, ids1):                                    # training sees what inference sees
+        assert torch.equal(b[1:-1], a) and b[0] == b[-1] == tts.BOUNDARY_ID
+    assert all(torch.equal(a, b) for a, b in zip(mels0, mels1))
+    # a joint run with --init may switch the edges on: same weights' shapes, the new config saved
+    _tiny().save(tmp_path / "init")
+    assert main(["--corpus", str(tmp_path / "corpus"), "--steps", "2", "--batch", "2", "--warmup", "1", "--quiet",
+                 "--out", str(tmp_path / "out"), "--init", str(tmp_path / "init"),
+                 "--config", '{"edge_silence": true}']) == 0
+    out = tts.load(tmp_path / "out")
+    assert out.config.edge_silence and not tts.load(tmp_path / "init").config.edge_silence
+    assert torch.equal(out.encode_text("A cat sat."), tts.text_ids("A cat sat.", edged))
+    assert out.mel("A cat sat.", steps=2).shape[0] == 80
 
 
 # ---------------------------------------------------------------- the shipped model

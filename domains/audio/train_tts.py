@@ -28,22 +28,22 @@ import torch
 
 from .corpus import ljspeech
 from .features import log_mel
-from .text import encode
-from .tts import GradTTS, TTSConfig, load
+from .tts import GradTTS, TTSConfig, load, text_ids
 from ...core.training.schedule import lr_at
 from ...core.training.step import gradient_step
 
 
-def load_corpus(root: str, phonemes: bool = True, limit: Optional[int] = None,
+def load_corpus(root: str, config: TTSConfig, limit: Optional[int] = None,
                 progress: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
-    """(ids per utterance, log-mel (80, frames) per utterance) of an LJSpeech-format corpus at 16 kHz."""
+    """(ids per utterance, as the model with ``config`` reads text (:func:`tts.text_ids`), log-mel
+    (80, frames) per utterance) of an LJSpeech-format corpus at 16 kHz."""
     corpus = ljspeech(root, sample_rate=16000)
     n = len(corpus) if limit is None else min(limit, len(corpus))
     from tqdm.auto import tqdm
     ids, mels = [], []
     for i in tqdm(range(n), desc="features", unit="utt", disable=not progress):
         u = corpus[i]
-        x = encode(u.text, phonemes=phonemes)
+        x = text_ids(u.text, config)
         m = log_mel(u.audio.float())
         if m.shape[-1] < x.numel():
             raise ValueError(f"utterance {u.id} has fewer frames ({m.shape[-1]}) than symbols ({x.numel()})")
@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the config keys a ``--decoder-only`` run may change
 DECODER_KEYS = frozenset({"unet", "beta_min", "beta_max", "crop_frames", "griffin_lim_iters", "temperature"})
+#: the config keys a joint run with ``--init`` may change (none of them changes a weight's shape)
+JOINT_INIT_KEYS = frozenset({"edge_silence", "crop_frames", "griffin_lim_iters", "temperature"})
 
 
 @torch.no_grad()
@@ -217,8 +219,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     init = load(a.init) if a.init else None
     if a.decoder_only and init is None:
         raise SystemExit("--decoder-only needs --init (the model whose encoder is kept)")
-    if init is not None and overrides and not a.decoder_only:
-        raise SystemExit("--config with --init changes nothing unless --decoder-only (the model keeps its config)")
+    if init is not None and not a.decoder_only and set(overrides) - JOINT_INIT_KEYS:
+        raise SystemExit(f"a joint run with --init keeps the model's sizes; --config may change only "
+                         f"{sorted(JOINT_INIT_KEYS)}; got {sorted(set(overrides) - JOINT_INIT_KEYS)}")
     if a.decoder_only and set(overrides) - DECODER_KEYS:
         raise SystemExit(f"--decoder-only may change only {sorted(DECODER_KEYS)}; got {sorted(set(overrides) - DECODER_KEYS)}")
     cfg = TTSConfig.from_dict({**(init.config if init is not None else TTSConfig()).__dict__, **overrides})
@@ -227,7 +230,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     say = open_log(out, a.quiet)
 
-    ids, mels = load_corpus(a.corpus, cfg.phonemes, a.limit, progress=not a.quiet)
+    ids, mels = load_corpus(a.corpus, cfg, a.limit, progress=not a.quiet)
     frames = sum(m.shape[-1] for m in mels)
     say(f"corpus {a.corpus}: {len(ids)} utterances, {frames * 256 / 16000 / 60:.1f} min of audio; "
         f"features in {time.time() - t_start:.0f} s")

@@ -5,7 +5,8 @@ Popov, Vovk, Gogoryan, Sadekova & Kudinov, "Grad-TTS: A Diffusion Probabilistic 
 Text-to-Speech", ICML 2021 (arXiv 2105.06337). The parts:
 
 * **Text encoder** (:class:`TextEncoder`): symbol embedding (the table of
-  :func:`polydiff.domains.audio.text.symbols`, CMU phonemes with letter fallback), a residual conv
+  :func:`polydiff.domains.audio.text.symbols`, CMU phonemes with letter fallback; with
+  ``TTSConfig.edge_silence`` a word-boundary symbol at both ends, see :func:`text_ids`), a residual conv
   prenet, sinusoidal positions and a few pre-LayerNorm Transformer blocks with convolutional
   feed-forward layers (as Glow-TTS / Grad-TTS), projected to mu_x: one 80-band log-mel frame per symbol.
 * **Duration predictor**: two convolutions on the *detached* encoder output, regressing the
@@ -50,6 +51,9 @@ from polydiff.core.solvers import solvers as _solvers
 from .features import MelConfig, griffin_lim
 from .text import encode, symbols
 
+#: id of the word-boundary symbol " ", the edge symbol of ``TTSConfig.edge_silence``
+BOUNDARY_ID = symbols().index(" ")
+
 Tensor = torch.Tensor
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 PRETRAINED = {"rms": "tts-rms"}
@@ -92,6 +96,9 @@ class TTSConfig:
     griffin_lim_iters: int = 32
     #: inference default: the start noise is divided by it (chosen per model on validation sentences)
     temperature: float = DEFAULT_TEMPERATURE
+    #: wrap every symbol sequence in word-boundary symbols (:func:`text_ids`), so the silence before and
+    #: after the speech gets encoder states of its own instead of stretching the first and last phonemes
+    edge_silence: bool = False
 
     def __post_init__(self) -> None:
         if self.n_vocab != len(symbols()):
@@ -114,6 +121,18 @@ class TTSConfig:
         if unknown:
             raise ValueError(f"unknown TTS config keys {unknown}; valid: {sorted(names)}")
         return cls(**d)
+
+
+def text_ids(text: str, config: TTSConfig, *, strict: bool = False) -> Tensor:
+    """The model's input ids (L,) for ``text``: :func:`text.encode` with the config's ``phonemes``, and with
+    ``edge_silence`` a word-boundary symbol at both ends. Grad-TTS intersperses a blank between all symbols
+    for the same reason; without edge symbols the alignment must give the leading and trailing silence to
+    the first and last phonemes. Training (``train_tts.load_corpus``) and inference both call this."""
+    ids = encode(text, phonemes=config.phonemes, strict=strict)
+    if config.edge_silence:
+        edge = ids.new_tensor([BOUNDARY_ID])
+        ids = torch.cat([edge, ids, edge])
+    return ids
 
 
 # ---------------------------------------------------------------- alignment and length regulation
@@ -341,7 +360,7 @@ class GradTTS(torch.nn.Module):
     # -------------------------------------------------------- text
     def encode_text(self, text: str) -> Tensor:
         """Symbol ids (L,) of ``text``; ValueError for empty or unspeakable text, or unknown characters."""
-        return encode(text, phonemes=self.config.phonemes, strict=True)
+        return text_ids(text, self.config, strict=True)
 
     # -------------------------------------------------------- training
     def loss(self, ids: Tensor, x_lengths: Tensor, mels: Tensor, y_lengths: Tensor,
