@@ -294,6 +294,8 @@ def test_edge_silence_wraps_ids_in_training_and_inference(tmp_path) -> None:
 # ---------------------------------------------------------------- the shipped model
 def test_shipped_weights_speak() -> None:
     m = tts.pretrained("rms")
+    ids = m.encode_text("Hello world.")                             # trained with edge symbols (issue 7's fix)
+    assert m.config.edge_silence and ids[0] == ids[-1] == tts.BOUNDARY_ID
     wav, sr = m.synthesize("Hello world.", steps=4, seed=0)
     assert sr == 16000 and 0.4 < wav.numel() / sr < 3.0
     assert torch.isfinite(wav).all() and 0.01 < float(wav.abs().max()) <= 0.99 + 1e-6
