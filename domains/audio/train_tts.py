@@ -219,11 +219,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     init = load(a.init) if a.init else None
     if a.decoder_only and init is None:
         raise SystemExit("--decoder-only needs --init (the model whose encoder is kept)")
-    if init is not None and not a.decoder_only and set(overrides) - JOINT_INIT_KEYS:
-        raise SystemExit(f"a joint run with --init keeps the model's sizes; --config may change only "
-                         f"{sorted(JOINT_INIT_KEYS)}; got {sorted(set(overrides) - JOINT_INIT_KEYS)}")
-    if a.decoder_only and set(overrides) - DECODER_KEYS:
-        raise SystemExit(f"--decoder-only may change only {sorted(DECODER_KEYS)}; got {sorted(set(overrides) - DECODER_KEYS)}")
+    allowed = DECODER_KEYS if a.decoder_only else JOINT_INIT_KEYS
+    if init is not None and set(overrides) - allowed:
+        what = "--decoder-only" if a.decoder_only else "a joint run with --init keeps the model's sizes; --config"
+        raise SystemExit(f"{what} may change only {sorted(allowed)}; got {sorted(set(overrides) - allowed)}")
     cfg = TTSConfig.from_dict({**(init.config if init is not None else TTSConfig()).__dict__, **overrides})
     torch.manual_seed(a.seed)
     out = Path(a.out)
